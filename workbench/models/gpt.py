@@ -1,0 +1,147 @@
+"""The reference model: a GPT decoder written to be read, after nanoGPT's model.py.
+
+One file, a dataclass config, pre-LayerNorm blocks, causal self-attention through PyTorch's fused
+scaled_dot_product_attention, weight tying between the token embedding and the output head. How the model
+is split across devices lives in ``workbench/parallel/``, not here (torchtitan's split).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+from torch.nn import functional as F
+
+
+@dataclass
+class GPTConfig:
+    vocab_size: int = 64
+    seq_len: int = 64  # the context length: attention sees at most this many tokens
+    n_layer: int = 2
+    n_head: int = 4
+    d_model: int = 64
+    dropout: float = 0.0
+    bias: bool = True  # biases in Linears and LayerNorms, as GPT-2
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        assert cfg.d_model % cfg.n_head == 0, "d_model must divide by n_head"
+        self.head_dim = cfg.d_model // cfg.n_head
+        # q, k, v as three Linears (not one fused c_attn) so tensor parallelism can shard each by heads.
+        self.q = nn.Linear(cfg.d_model, cfg.d_model, bias=cfg.bias)
+        self.k = nn.Linear(cfg.d_model, cfg.d_model, bias=cfg.bias)
+        self.v = nn.Linear(cfg.d_model, cfg.d_model, bias=cfg.bias)
+        self.o = nn.Linear(cfg.d_model, cfg.d_model, bias=cfg.bias)
+        self.dropout = cfg.dropout
+        self.resid_dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, T, _ = x.shape
+        # view(B, T, -1, head_dim), not n_head: under tensor parallelism each rank holds only its local heads.
+        q = self.q(x).view(B, T, -1, self.head_dim).transpose(1, 2)
+        k = self.k(x).view(B, T, -1, self.head_dim).transpose(1, 2)
+        v = self.v(x).view(B, T, -1, self.head_dim).transpose(1, 2)
+        y = F.scaled_dot_product_attention(
+            q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=True
+        )
+        y = y.transpose(1, 2).reshape(B, T, -1)
+        return self.resid_dropout(self.o(y))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.fc1 = nn.Linear(cfg.d_model, 4 * cfg.d_model, bias=cfg.bias)
+        self.fc2 = nn.Linear(4 * cfg.d_model, cfg.d_model, bias=cfg.bias)
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.fc2(F.gelu(self.fc1(x))))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.ln1 = nn.LayerNorm(cfg.d_model, bias=cfg.bias)
+        self.attn = CausalSelfAttention(cfg)
+        self.ln2 = nn.LayerNorm(cfg.d_model, bias=cfg.bias)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.ln1(x))
+        return x + self.mlp(self.ln2(x))
+
+
+class GPT(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.pos_emb = nn.Embedding(cfg.seq_len, cfg.d_model)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList([Block(cfg) for _ in range(cfg.n_layer)])
+        self.ln_f = nn.LayerNorm(cfg.d_model, bias=cfg.bias)
+        self.head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        self.head.weight = self.tok_emb.weight  # weight tying: one matrix embeds and un-embeds tokens
+        self.apply(self._init_weights)
+        # GPT-2's scaled init of the projections into the residual stream, so its variance stays ~1 with depth.
+        for name, p in self.named_parameters():
+            if name.endswith("o.weight") or name.endswith("fc2.weight"):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * cfg.n_layer))
+
+    def _init_weights(self, module: nn.Module) -> None:
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def forward(
+        self, idx: torch.Tensor, targets: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """idx, targets: (B, T) token ids. Returns (logits (B, T, vocab), mean cross-entropy or None)."""
+        B, T = idx.shape
+        pos = torch.arange(T, device=idx.device)
+        x = self.drop(self.tok_emb(idx) + self.pos_emb(pos))
+        for block in self.blocks:
+            x = block(x)
+        logits = self.head(self.ln_f(x))
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.view(-1))
+        return logits, loss
+
+    def num_params(self, non_embedding: bool = False) -> int:
+        """Parameters, counting the tied embedding/head matrix once. non_embedding drops the position table
+        (nanoGPT's convention for the FLOPs count; the token table counts, as it is also the head)."""
+        n = sum(p.numel() for p in self.parameters())  # parameters() yields a shared tensor once
+        if non_embedding:
+            n -= self.pos_emb.weight.numel()
+        return n
+
+    def flops_per_token(self) -> int:
+        """Training FLOPs per token, nanoGPT/PaLM: 6N for the matmuls with the weights (2 forward, 4
+        backward) + 12·L·H·Q·T for attention's scores and weighted values (H heads of size Q, context T)."""
+        c = self.cfg
+        return gpt_flops_per_token(self.num_params(non_embedding=True), c.n_layer, c.n_head, c.d_model, c.seq_len)
+
+
+def gpt_flops_per_token(n_params: int, n_layer: int, n_head: int, d_model: int, seq_len: int) -> int:
+    return 6 * n_params + 12 * n_layer * n_head * (d_model // n_head) * seq_len
+
+
+def gpt_num_params(vocab_size: int, seq_len: int, n_layer: int, d_model: int, bias: bool = True) -> int:
+    """The closed form of GPT.num_params(), so the planner can count without building a model."""
+    b = 1 if bias else 0
+    per_block = (
+        2 * (d_model + b * d_model)  # two LayerNorms
+        + 4 * (d_model * d_model + b * d_model)  # q, k, v, o
+        + (d_model * 4 * d_model + b * 4 * d_model)  # fc1
+        + (4 * d_model * d_model + b * d_model)  # fc2
+    )
+    return vocab_size * d_model + seq_len * d_model + n_layer * per_block + d_model + b * d_model

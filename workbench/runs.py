@@ -1,0 +1,242 @@
+"""Run folders on disk and the Run handle that follows one.
+
+A run folder ``runs/<name>/`` holds:
+    config.yaml        the RunConfig, as `workbench train` reads it
+    status.json        {"state": running|finished|failed|stopped, "error": ..., "effective": {...}, ...}
+    metrics.jsonl      one metric event a line (see workbench.telemetry)
+    tensorboard/       TensorBoard event files (one TensorBoard run per job)
+    checkpoints/       accelerator.save_state folders, step_<N>/
+    stdout.log, stderr.log   what the launcher and workers printed
+    error_rank<r>.txt  the traceback of a worker that raised
+    STOP               written by Run.stop(); rank 0 sees it and the ranks agree to stop
+
+Nothing here imports torch, so a notebook or the CLI can list and follow runs instantly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from workbench.telemetry import read_metrics
+
+TERMINAL = ("finished", "failed", "stopped")
+
+
+def read_status(run_dir: str) -> dict[str, Any]:
+    try:
+        with open(os.path.join(run_dir, "status.json")) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return {}
+
+
+def write_status(run_dir: str, **fields: Any) -> dict[str, Any]:
+    """Merge fields into status.json atomically (write a temp file, then rename)."""
+    status = read_status(run_dir)
+    status.update(fields)
+    status["updated"] = time.time()
+    tmp = os.path.join(run_dir, f".status.{os.getpid()}.tmp")
+    with open(tmp, "w") as f:
+        json.dump(status, f, indent=1)
+    os.replace(tmp, os.path.join(run_dir, "status.json"))
+    return status
+
+
+def _pid_alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # a zombie (our own exited child not yet reaped) counts as dead
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
+class Run:
+    """A handle on a run folder: its status, metrics, error, and control (stop, wait)."""
+
+    def __init__(self, path: str, process: Any = None):
+        self.path = os.path.abspath(path)
+        self._process = process  # the supervisor's Popen when this kernel launched it
+        self._offset = 0
+        self._partial = ""
+
+    def __repr__(self) -> str:
+        return f"Run({self.name!r}, status={self.status!r})"
+
+    @classmethod
+    def attach(cls, path: str) -> Run:
+        """A run started earlier, by another kernel or the CLI."""
+        if not os.path.isfile(os.path.join(path, "config.yaml")):
+            raise FileNotFoundError(f"{path!r} is not a run folder (no config.yaml)")
+        return cls(path)
+
+    @property
+    def name(self) -> str:
+        return os.path.basename(self.path)
+
+    @property
+    def config(self):
+        from workbench.config import RunConfig
+
+        return RunConfig.from_yaml(os.path.join(self.path, "config.yaml"))
+
+    @property
+    def status(self) -> str:
+        """running, finished, failed or stopped (or "pending" before the supervisor has written it)."""
+        st = read_status(self.path)
+        state = st.get("state", "pending")
+        if state not in TERMINAL:
+            # Nobody left to write the final status (the supervisor died with a machine or was killed).
+            pid = st.get("supervisor_pid")
+            if self._process is not None:
+                if self._process.poll() is not None:
+                    st = read_status(self.path)
+                    state = st.get("state", "failed")
+                    if state not in TERMINAL:
+                        state = "failed"
+            elif pid and not _pid_alive(pid) and st.get("host") == os.uname().nodename:
+                state = "failed"
+        return state
+
+    @property
+    def done(self) -> bool:
+        return self.status in TERMINAL
+
+    @property
+    def error(self) -> str | None:
+        st = read_status(self.path)
+        if st.get("error"):
+            return st["error"]
+        if self.status == "failed":
+            return "the run's supervisor ended without writing a status (killed?); see stderr.log"
+        return None
+
+    @property
+    def info(self) -> dict[str, Any]:
+        """The whole status.json: state, error, the effective world size/backend/wrapper/dtype, ..."""
+        return read_status(self.path)
+
+    def metrics(self) -> list[dict[str, Any]]:
+        return read_metrics(os.path.join(self.path, "metrics.jsonl"))
+
+    def new_metrics(self) -> list[dict[str, Any]]:
+        """Events written since the last call (used by follow() and the dashboard)."""
+        path = os.path.join(self.path, "metrics.jsonl")
+        try:
+            with open(path) as f:
+                f.seek(self._offset)
+                chunk = f.read()
+                self._offset = f.tell()
+        except FileNotFoundError:
+            return []
+        text = self._partial + chunk
+        lines = text.split("\n")
+        self._partial = lines.pop()  # "" after a complete line; else a half-written line to finish later
+        out = []
+        for line in lines:
+            if line.strip():
+                try:
+                    out.append(json.loads(line))
+                except ValueError:
+                    pass
+        return out
+
+    def follow(self, poll_s: float = 0.2, timeout: float | None = None) -> Iterator[dict[str, Any]]:
+        """Yield new metric events as they are written, until the run ends (then the rest, and return)."""
+        t0 = time.monotonic()
+        while True:
+            done = self.done  # read before draining, so events written just before the end are not missed
+            yield from self.new_metrics()
+            if done:
+                yield from self.new_metrics()
+                return
+            if timeout is not None and time.monotonic() - t0 > timeout:
+                return
+            time.sleep(poll_s)
+
+    def wait(self, timeout: float | None = None, poll_s: float = 0.1) -> str:
+        """Block until the run ends (or timeout seconds pass); returns the status. Never hangs on a dead run."""
+        t0 = time.monotonic()
+        while not self.done:
+            if timeout is not None and time.monotonic() - t0 > timeout:
+                break
+            time.sleep(poll_s)
+        if self._process is not None and self.done:
+            try:
+                self._process.wait(timeout=10)
+            except Exception:
+                pass
+        return self.status
+
+    def stop(self, wait: bool = False, timeout: float | None = 120) -> None:
+        """Ask the workers to stop: they agree at the next log step, save a checkpoint and exit as stopped."""
+        if self.done:
+            return
+        with open(os.path.join(self.path, "STOP"), "w") as f:
+            f.write(str(time.time()))
+        if wait:
+            self.wait(timeout=timeout)
+
+    def kill(self) -> None:
+        """Hard stop: SIGKILL the workers and the launcher (no checkpoint). Prefer stop()."""
+        st = read_status(self.path)
+        for pid in list(st.get("worker_pids", [])) + [st.get("launcher_pid")]:
+            if pid:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    pass
+
+    def checkpoints(self) -> list[str]:
+        d = os.path.join(self.path, "checkpoints")
+        if not os.path.isdir(d):
+            return []
+        steps = sorted(
+            (int(x.split("_")[1]), x) for x in os.listdir(d) if x.startswith("step_") and x.split("_")[1].isdigit()
+        )
+        return [os.path.join(d, x) for _, x in steps]
+
+    def summary(self) -> dict[str, Any]:
+        ms = self.metrics()
+        losses = [m for m in ms if m.get("loss") is not None]
+        evals = [m["eval_loss"] for m in ms if m.get("eval_loss") is not None]
+        tps = [m["tokens_per_s"] for m in ms if m.get("tokens_per_s")]
+        mfu = [m["mfu"] for m in ms if m.get("mfu") is not None]
+        mem = [max(m["mem_bytes"]) for m in ms if m.get("mem_bytes")]
+        return {
+            "name": self.name,
+            "status": self.status,
+            "steps": losses[-1]["step"] if losses else 0,
+            "final_loss": losses[-1]["loss"] if losses else None,
+            "best_eval_loss": min(evals) if evals else None,
+            "tokens_per_s": sum(tps[1:]) / len(tps[1:]) if len(tps) > 1 else (tps[0] if tps else None),
+            "mfu": sum(mfu[1:]) / len(mfu[1:]) if len(mfu) > 1 else (mfu[0] if mfu else None),
+            "peak_mem_bytes": max(mem) if mem else None,
+            "path": self.path,
+        }
+
+
+def list_runs(runs_dir: str = "runs") -> list[Run]:
+    """Run folders under runs_dir, oldest first."""
+    if not os.path.isdir(runs_dir):
+        return []
+    runs = [
+        Run(os.path.join(runs_dir, d))
+        for d in os.listdir(runs_dir)
+        if os.path.isfile(os.path.join(runs_dir, d, "config.yaml"))
+    ]
+    runs.sort(key=lambda r: os.path.getmtime(os.path.join(r.path, "config.yaml")))
+    return runs

@@ -1,0 +1,217 @@
+"""Metric events: metrics.jsonl (the contract other tools read) and TensorBoard, plus MFU and memory.
+
+Keys of a metric event (add freely, never rename): step, tokens, loss, eval_loss, lr, grad_norm,
+tokens_per_s, samples_per_s, step_time_s, mfu, mem_bytes (one entry per rank).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import resource
+import time
+from typing import Any
+
+# Dense bf16/fp16 tensor-core peak FLOP/s per GPU (vendor data sheets, no sparsity). fp32 uses TF32 peak
+# where the GPU has it, as PyTorch's matmuls do with allow_tf32.
+GPU_PEAK_FLOPS: dict[str, dict[str, float]] = {
+    "H200": {"bf16": 989e12, "fp16": 989e12, "fp8": 1979e12, "fp32": 494e12},
+    "H100 SXM": {"bf16": 989e12, "fp16": 989e12, "fp8": 1979e12, "fp32": 494e12},
+    "H100 PCIe": {"bf16": 756e12, "fp16": 756e12, "fp8": 1513e12, "fp32": 378e12},
+    "H100": {"bf16": 989e12, "fp16": 989e12, "fp8": 1979e12, "fp32": 494e12},
+    "A100": {"bf16": 312e12, "fp16": 312e12, "fp32": 156e12},
+    "L40S": {"bf16": 362e12, "fp16": 362e12, "fp8": 733e12, "fp32": 183e12},
+    "L4": {"bf16": 121e12, "fp16": 121e12, "fp8": 242e12, "fp32": 60e12},
+    "A10": {"bf16": 125e12, "fp16": 125e12, "fp32": 62.5e12},
+    "V100": {"fp16": 125e12, "fp32": 15.7e12, "bf16": 15.7e12},
+    "T4": {"fp16": 65e12, "fp32": 8.1e12, "bf16": 8.1e12},
+    "RTX 4090": {"bf16": 165e12, "fp16": 165e12, "fp8": 330e12, "fp32": 82.6e12},
+}
+
+
+def gpu_peak_flops(name: str, precision: str) -> float | None:
+    """Peak FLOP/s for a GPU name as torch reports it ("NVIDIA H100 80GB HBM3"), or None if unknown."""
+    best = None
+    for key, table in GPU_PEAK_FLOPS.items():
+        if key.replace(" ", "").lower() in name.replace(" ", "").lower() and (best is None or len(key) > len(best)):
+            best = key
+    if best is None:
+        return None
+    if best == "H100" and "PCIe" in name:
+        best = "H100 PCIe"
+    table = GPU_PEAK_FLOPS[best]
+    return table.get(precision) or table.get("fp32")
+
+
+def _cache_path() -> str:
+    base = os.environ.get("WORKBENCH_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "workbench")
+    return os.path.join(base, "cpu_peak.json")
+
+
+def cpu_peak_flops(dtype_name: str = "fp32", threads: int | None = None, seconds: float = 0.3) -> float:
+    """Measured matmul FLOP/s of this CPU at this thread count: the denominator of MFU on CPU.
+
+    There is no data sheet figure for "this laptop", so a short matmul calibration stands in for the peak.
+    Cached per CPU model, dtype and thread count, so each machine measures once.
+    """
+    import torch
+
+    threads = threads or torch.get_num_threads()
+    key = f"{platform.processor() or platform.machine()}|{_cpu_model()}|{dtype_name}|{threads}"
+    path = _cache_path()
+    try:
+        with open(path) as f:
+            cache = json.load(f)
+    except (OSError, ValueError):
+        cache = {}
+    if key in cache:
+        return float(cache[key])
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}.get(dtype_name, torch.float32)
+    n = 512
+    a = torch.randn(n, n).to(dtype)
+    b = torch.randn(n, n).to(dtype)
+    for _ in range(2):
+        a @ b
+    iters, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        a @ b
+        iters += 1
+    flops = 2 * n**3 * iters / (time.perf_counter() - t0)
+    cache[key] = flops
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = path + f".{os.getpid()}"
+        with open(tmp, "w") as f:
+            json.dump(cache, f)
+        os.replace(tmp, path)
+    except OSError:
+        pass
+    return flops
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown"
+
+
+def peak_memory_bytes(device_type: str) -> int:
+    """Peak memory of this process: CUDA's max allocated on GPUs, peak resident set size on CPU."""
+    if device_type == "cuda":
+        import torch
+
+        return int(torch.cuda.max_memory_allocated())
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024  # Linux reports KiB
+
+
+class MetricsWriter:
+    """Appends one JSON object a line to metrics.jsonl and flushes it, so readers see each event at once."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self._f = open(path, "a", buffering=1)
+
+    def write(self, event: dict[str, Any]) -> None:
+        self._f.write(json.dumps(_jsonable(event)) + "\n")
+        self._f.flush()
+
+    def close(self) -> None:
+        self._f.close()
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, dict):
+        return {k: _jsonable(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_jsonable(x) for x in v]
+    if isinstance(v, float) and not math.isfinite(v):
+        return None if math.isnan(v) else (1e308 if v > 0 else -1e308)
+    return v
+
+
+def read_metrics(path: str) -> list[dict[str, Any]]:
+    """All complete events in a metrics.jsonl (a trailing half-written line is skipped)."""
+    out = []
+    try:
+        with open(path) as f:
+            for line in f:
+                if line.endswith("\n"):
+                    try:
+                        out.append(json.loads(line))
+                    except ValueError:
+                        pass
+    except FileNotFoundError:
+        pass
+    return out
+
+
+def tensorboard_scalars(event: dict[str, Any]) -> dict[str, float]:
+    """The scalar part of a metric event, as TensorBoard tags (per-rank memory as mem_bytes/rank{i})."""
+    out: dict[str, float] = {}
+    for k, v in event.items():
+        if k == "step":
+            continue
+        if isinstance(v, bool):
+            continue
+        if isinstance(v, (int, float)) and math.isfinite(v):
+            out[k] = float(v)
+        elif k == "mem_bytes" and isinstance(v, list):
+            for i, x in enumerate(v):
+                out[f"mem_bytes/rank{i}"] = float(x)
+    return out
+
+
+class Reporter:
+    """Telemetry for a training loop written in a notebook cell (see ``workbench.notebook_launch``).
+
+    Inside the function run on N processes: ``rep = wb.Reporter(accelerator)``, then
+    ``rep.log(step, loss=loss_tensor, tokens=...)``. Tensors are averaged across ranks; rank 0 appends the
+    event to the run's metrics.jsonl and TensorBoard, so the loop appears as an ordinary run folder.
+    """
+
+    def __init__(self, accelerator: Any, run_dir: str | None = None):
+        self.acc = accelerator
+        self.run_dir = run_dir or os.environ.get("WORKBENCH_RUN_DIR") or os.path.join("runs", "notebook")
+        self._writer: MetricsWriter | None = None
+        self._tb = None
+        self._t_last = time.perf_counter()
+        if self.acc.is_main_process:
+            os.makedirs(self.run_dir, exist_ok=True)
+            self._writer = MetricsWriter(os.path.join(self.run_dir, "metrics.jsonl"))
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._tb = SummaryWriter(os.path.join(self.run_dir, "tensorboard"))
+
+    def log(self, step: int, **values: Any) -> dict[str, Any] | None:
+        import torch
+
+        event: dict[str, Any] = {"step": int(step)}
+        for k, v in values.items():
+            if isinstance(v, torch.Tensor):
+                v = self.acc.reduce(v.detach().float().reshape(1).to(self.acc.device), reduction="mean").item()
+            event[k] = v
+        now = time.perf_counter()
+        event["step_time_s"] = now - self._t_last
+        self._t_last = now
+        mem = torch.tensor([peak_memory_bytes(self.acc.device.type)], device=self.acc.device, dtype=torch.float64)
+        event["mem_bytes"] = [int(x) for x in self.acc.gather(mem).tolist()]
+        event["world_size"] = self.acc.num_processes
+        if self._writer is not None:
+            self._writer.write(event)
+            for k, v in tensorboard_scalars(event).items():
+                self._tb.add_scalar(k, v, step)
+            self._tb.flush()
+            return event
+        return None
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._tb.close()
