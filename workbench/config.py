@@ -313,8 +313,22 @@ def _build(cls: type, data: dict[str, Any], prefix: str, problems: list[Problem]
                 continue
             kwargs[key] = _build(sub, value, path + ".", problems)
         else:
-            kwargs[key] = tuple(value) if isinstance(value, list) else value
+            kwargs[key] = _coerce(names[key], value)
     return cls(**kwargs)
+
+
+_FLOAT_RE = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
+
+
+def _coerce(f: dataclasses.Field, value: Any) -> Any:
+    """YAML 1.1 reads 1e-3 (no dot) as a string: take numeric strings for float keys, lists as tuples."""
+    if isinstance(value, list):
+        return tuple(value)
+    if "float" in str(f.type) and isinstance(value, str) and _FLOAT_RE.match(value.strip()):
+        return float(value)
+    if "float" in str(f.type) and _is_int(value):
+        return float(value)
+    return value
 
 
 def _sub_dataclass(cls: type, name: str) -> type | None:
@@ -339,9 +353,8 @@ def _set_path(obj: Any, parts: list[str], value: Any, full: str) -> Any:
                     current = _set_path(current, [k], v, f"{full}.{k}")
                 return replace(obj, **{head: current})
             raise ConfigError([Problem(full, "is a group of keys; set one of its keys, e.g. " + full + ".x")])
-        if isinstance(value, list):
-            value = tuple(value)
-        return replace(obj, **{head: value})
+        fld = {f.name: f for f in fields(obj)}[head]
+        return replace(obj, **{head: _coerce(fld, value)})
     if not is_dataclass(current):
         raise ConfigError([Problem(full, f'"{head}" has no sub-keys')])
     return replace(obj, **{head: _set_path(current, parts[1:], value, full)})

@@ -9,6 +9,7 @@ device and read back only at log steps, where the ranks also agree on whether to
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -341,6 +342,12 @@ def train(cfg, run_dir: str) -> str:
         t_interval = time.perf_counter()  # eval and checkpoint time stay out of tokens/s
 
     ckpt = save(step)
+    # Each rank's fingerprint of its final weights: data parallel ranks must hold identical parameters.
+    digest = hashlib.sha256()
+    for name, t in sorted(acc.unwrap_model(model).state_dict().items()):
+        digest.update(name.encode())
+        digest.update(t.detach().float().cpu().contiguous().numpy().tobytes())
+    _write_json(os.path.join(run_dir, f"final_rank{rank}.json"), {"rank": rank, "step": step, "params_sha256": digest.hexdigest()})
     if main:
         write_status(run_dir, state=end_state, step=step, checkpoint=ckpt, error=None)
         metrics.close()
