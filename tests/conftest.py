@@ -27,4 +27,6 @@ def quickstart():
 @pytest.fixture
 def small(quickstart):
     """A config that trains in a few seconds on 2 CPU processes."""
-    return quickstart.override({"max_steps": 20, "log_every": 5, "eval_every": 10, "grad_accum_steps": 2})
+    return quickstart.override(
+        {"max_steps": 20, "log_every": 5, "eval_every": 10, "grad_accum_steps": 2, "schedule.warmup_steps": 5}
+    )
