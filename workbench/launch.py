@@ -128,30 +128,40 @@ _FAILED_RANK = re.compile(r"rank\s*:\s*(\d+).*?exitcode\s*:\s*(-?\d+)", re.S)
 
 
 def _explain_failure(run_dir: str, rc: int) -> str:
-    errors = []
-    for f in sorted(os.listdir(run_dir)):
+    """The cause of a failed job, in words: which rank, how, and its traceback.
+
+    torchelastic's "Root Cause" names the first rank to fail. A rank killed by a signal leaves no traceback,
+    and the survivors then raise "connection closed" errors in its wake: those are not the cause.
+    """
+    errors = {}
+    for f in os.listdir(run_dir):
         if f.startswith("error_rank") and f.endswith(".txt"):
-            with open(os.path.join(run_dir, f)) as fh:
-                errors.append((os.path.getmtime(os.path.join(run_dir, f)), f[len("error_rank") : -4], fh.read()))
-    if errors:
-        errors.sort()
-        _, rank, text = errors[0]  # the first rank to fail is the cause; the others fail in its wake
-        return f"rank {rank} raised:\n{text.strip()}"
+            path = os.path.join(run_dir, f)
+            with open(path, errors="replace") as fh:
+                errors[f[len("error_rank") : -4]] = (os.path.getmtime(path), fh.read().strip())
     try:
         with open(os.path.join(run_dir, "stderr.log"), errors="replace") as f:
             tail = f.read()[-20000:]
     except OSError:
         tail = ""
     m = _FAILED_RANK.search(tail[tail.find("Root Cause") :] if "Root Cause" in tail else tail)
-    if m:
+    if m and int(m.group(2)) < 0:
         rank, code = int(m.group(1)), int(m.group(2))
-        if code < 0:
-            try:
-                sig = signal.Signals(-code).name
-            except ValueError:
-                sig = f"signal {-code}"
-            return f"rank {rank} died ({sig}); the other ranks were shut down.\n\n" + tail[-3000:]
-        return f"rank {rank} exited with code {code}.\n\n" + tail[-3000:]
+        try:
+            sig = signal.Signals(-code).name
+        except ValueError:
+            sig = f"signal {-code}"
+        return (
+            f"rank {rank} died ({sig}); the other ranks were shut down. Killed from outside, or by the kernel's "
+            "out-of-memory killer (check `dmesg`); metrics and checkpoints written before it are kept."
+        )
+    if m and m.group(1) in errors:
+        return f"rank {m.group(1)} raised:\n{errors[m.group(1)][1]}"
+    if errors:
+        rank, (_, text) = min(errors.items(), key=lambda kv: kv[1][0])  # the first to fail is the cause
+        return f"rank {rank} raised:\n{text}"
+    if m:
+        return f"rank {m.group(1)} exited with code {m.group(2)}.\n\n" + tail[-3000:]
     return f"the launcher exited with code {rc}.\n\n" + tail[-3000:]
 
 
@@ -177,7 +187,7 @@ def supervise(run_dir: str) -> int:
                 f.write(str(time.time()))
 
         signal.signal(signal.SIGTERM, forward)
-        rc = launcher.wait()
+        rc = _wait_launcher(launcher, run_dir)
     st = read_status(run_dir)
     state = st.get("state")
     if rc == 0 and state in ("finished", "stopped"):
@@ -189,6 +199,27 @@ def supervise(run_dir: str) -> int:
     return 0
 
 
+def _wait_launcher(launcher: subprocess.Popen, run_dir: str, grace_s: float = 3.0) -> int:
+    """Wait for the launcher; once a rank has reported an error, give the job grace_s to end by itself.
+
+    torchelastic SIGTERMs the surviving ranks when one fails, then waits 30 s before SIGKILL (not
+    configurable from outside). A rank that is stopped (SIGSTOP) or stuck in native code ignores SIGTERM, so
+    the run would hang on for those 30 s; killing the ranks ourselves ends it within the grace period.
+    """
+    first_error = None
+    while True:
+        try:
+            return launcher.wait(timeout=0.2)
+        except subprocess.TimeoutExpired:
+            pass
+        if first_error is None:
+            if any(f.startswith("error_rank") for f in os.listdir(run_dir)):
+                first_error = time.monotonic()
+        elif time.monotonic() - first_error > grace_s:
+            _reap_workers(run_dir)
+            first_error = float("inf")  # once
+
+
 def _reap_workers(run_dir: str) -> None:
     """Kill any worker still alive after the launcher ended (e.g. the launcher itself was killed)."""
     for f in os.listdir(run_dir):
@@ -196,6 +227,9 @@ def _reap_workers(run_dir: str) -> None:
             try:
                 with open(os.path.join(run_dir, f)) as fh:
                     pid = int(fh.read().strip())
+                with open(f"/proc/{pid}/cmdline", "rb") as fh:  # never a recycled PID of someone else
+                    if b"workbench.worker" not in fh.read():
+                        continue
                 os.kill(pid, signal.SIGKILL)
             except (OSError, ValueError):
                 pass
