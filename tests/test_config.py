@@ -145,7 +145,10 @@ def test_text_source(tmp_path, quickstart):
     assert any(p.key == "data.path" for p in missing.validate(CPU2))
     empty = tmp_path / "empty.txt"
     empty.write_text("")
-    assert any(p.key == "data.path" for p in quickstart.override({"data.source": "text", "data.path": str(empty)}).validate(CPU2))
+    assert any(
+        p.key == "data.path"
+        for p in quickstart.override({"data.source": "text", "data.path": str(empty)}).validate(CPU2)
+    )
     good = tmp_path / "good.txt"
     good.write_text("hello world " * 200)
     assert quickstart.override({"data.source": "text", "data.path": str(good)}).validate(CPU2) == []

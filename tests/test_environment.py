@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import re
-import tomllib
 
+import tomllib
 import yaml
 
 from tests.conftest import ROOT
@@ -22,7 +22,7 @@ def test_environment_matches_pyproject():
     env = yaml.safe_load(open(f"{ROOT}/environment.yml"))
     pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict) and "pip" in d)
     listed = {_name(r): r.replace(" ", "") for r in pip if not r.startswith("-e")}
-    assert listed.keys() == declared.keys(), (listed.keys() ^ declared.keys())
+    assert listed.keys() == declared.keys(), listed.keys() ^ declared.keys()
     assert listed == declared  # same version bounds too
 
 

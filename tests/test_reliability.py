@@ -195,7 +195,9 @@ def test_killed_rank_fails_fast_and_keeps_metrics(workdir, small):
 
 
 def test_hung_rank_fails_within_the_timeout(workdir, small):
-    run = wb.launch(small.override({"name": "hang", "max_steps": 100000, "log_every": 2, "eval_every": 0, "timeout_s": 10}))
+    run = wb.launch(
+        small.override({"name": "hang", "max_steps": 100000, "log_every": 2, "eval_every": 0, "timeout_s": 10})
+    )
     _wait_for_metrics(run, 2)
     rank1 = int(open(os.path.join(run.path, ".rank1.pid")).read())
     os.kill(rank1, signal.SIGSTOP)
@@ -301,7 +303,9 @@ print(run.path)
 
 
 def test_run_outlives_its_launcher_and_reattaches(workdir):
-    out = subprocess.run([sys.executable, "-c", LAUNCH_AND_EXIT.format(q=QUICKSTART)], capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [sys.executable, "-c", LAUNCH_AND_EXIT.format(q=QUICKSTART)], capture_output=True, text=True, timeout=60
+    )
     assert out.returncode == 0, out.stderr
     run = wb.Run.attach(out.stdout.strip())
     seen = [e["step"] for e in run.follow(timeout=300)]
@@ -313,7 +317,10 @@ def test_three_concurrent_runs(workdir, small):
     runs = [wb.launch(small.override({"name": f"c{i}", "max_steps": 10, "seed": i})) for i in range(3)]
     for r in runs:
         assert r.wait(timeout=300) == "finished", r.error
-    ports = {json.load(open(os.path.join(r.path, "status.json")))["command"].split("--main_process_port ")[1].split()[0] for r in runs}
+    ports = {
+        json.load(open(os.path.join(r.path, "status.json")))["command"].split("--main_process_port ")[1].split()[0]
+        for r in runs
+    }
     assert len(ports) == 3
     assert len({r.path for r in runs}) == 3
 

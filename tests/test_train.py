@@ -6,7 +6,6 @@ import json
 import os
 import subprocess
 import sys
-import textwrap
 import time
 
 import pytest
@@ -41,7 +40,19 @@ def test_ddp_two_processes_end_to_end(workdir, small):
     ls = losses(run)
     assert ls[-1] < ls[0] - 0.5
     last = run.metrics()[-1]
-    for key in ["step", "tokens", "loss", "eval_loss", "lr", "grad_norm", "tokens_per_s", "samples_per_s", "step_time_s", "mfu", "mem_bytes"]:
+    for key in [
+        "step",
+        "tokens",
+        "loss",
+        "eval_loss",
+        "lr",
+        "grad_norm",
+        "tokens_per_s",
+        "samples_per_s",
+        "step_time_s",
+        "mfu",
+        "mem_bytes",
+    ]:
         assert key in last, key
     assert len(last["mem_bytes"]) == 2 and all(b > 0 for b in last["mem_bytes"])
     assert last["tokens"] == 30 * small.tokens_per_step and 0 < last["mfu"] < 1.5
@@ -71,7 +82,16 @@ def test_ddp_two_processes_end_to_end(workdir, small):
 
 def test_big_batch_equals_accumulation_equals_data_parallel(workdir, quickstart):
     """The seeds' formula: ∇L = 1/N Σ∇L_i — one big batch, accumulated micro-batches and 2 ranks agree."""
-    base = quickstart.override({"max_steps": 20, "log_every": 1, "eval_every": 0, "schedule.warmup_steps": 5, "model.dropout": 0.0, "precision": "fp32"})
+    base = quickstart.override(
+        {
+            "max_steps": 20,
+            "log_every": 1,
+            "eval_every": 0,
+            "schedule.warmup_steps": 5,
+            "model.dropout": 0.0,
+            "precision": "fp32",
+        }
+    )
     layouts = {
         "big": {"micro_batch_size": 32, "grad_accum_steps": 1, "parallel.num_processes": 1},
         "accum": {"micro_batch_size": 8, "grad_accum_steps": 4, "parallel.num_processes": 1},
@@ -83,7 +103,7 @@ def test_big_batch_equals_accumulation_equals_data_parallel(workdir, quickstart)
         curves[name] = losses(run)
         assert len(curves[name]) == 20
     for name in ("accum", "ddp"):
-        worst = max(abs(a - b) for a, b in zip(curves["big"], curves[name]))
+        worst = max(abs(a - b) for a, b in zip(curves["big"], curves[name], strict=True))
         assert worst < 1e-5, (name, worst)
 
 
@@ -113,7 +133,7 @@ def test_stop_saves_a_checkpoint(workdir, small):
     assert os.path.exists(os.path.join(ckpts[-1], "model.safetensors"))
 
 
-BOOM = '''
+BOOM = """
 import torch
 from workbench.models import GPT
 from workbench.models import gpt_config
@@ -128,7 +148,7 @@ class Boom(GPT):
 
 def build(cfg):
     return Boom(gpt_config(cfg))
-'''
+"""
 
 
 def test_worker_that_raises_fails_the_run_fast(workdir, small):
@@ -171,14 +191,16 @@ def build_data(cfg, split):
 
 def test_your_own_model_and_data(workdir, small):
     (workdir / "mine.py").write_text(CUSTOM)
-    cfg = small.override({"name": "mine", "model.arch": "mine:build_model", "data.source": "mine:build_data", "max_steps": 20})
+    cfg = small.override(
+        {"name": "mine", "model.arch": "mine:build_model", "data.source": "mine:build_data", "max_steps": 20}
+    )
     run = finished(wb.launch(cfg))
     ls = losses(run)
     assert ls[-1] < ls[0]
     assert run.info["effective"]["world_size"] == 2
 
 
-NB_SCRIPT = '''
+NB_SCRIPT = """
 import torch, workbench as wb
 from accelerate import Accelerator
 
@@ -200,7 +222,7 @@ def loop(steps):
 if __name__ == "__main__":
     run = wb.notebook_launch(loop, 12, num_processes=2, name="nb")
     print("STATUS", run.status, run.error)
-'''
+"""
 
 
 def test_notebook_launch_from_a_script(workdir):
@@ -226,5 +248,7 @@ def test_cli_train_and_runs(workdir):
     assert "final train loss" in out.stdout and "tokens/s" in out.stdout and "workbench tensorboard" in out.stdout
     listing = subprocess.run(["workbench", "runs"], capture_output=True, text=True).stdout
     assert "cli" in listing and "finished" in listing
-    bad = subprocess.run(["workbench", "train", QUICKSTART, "--set", "grad_accum_steps=0"], capture_output=True, text=True)
+    bad = subprocess.run(
+        ["workbench", "train", QUICKSTART, "--set", "grad_accum_steps=0"], capture_output=True, text=True
+    )
     assert bad.returncode == 2 and "grad_accum_steps" in bad.stderr and "Traceback" not in bad.stderr

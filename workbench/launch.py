@@ -50,7 +50,9 @@ def check_launchable(cfg: RunConfig, overwrite: bool = False, resume: bool = Fal
                 "(continue from its last checkpoint) or overwrite=True (delete it)",
             )
         )
-    if resume and not (os.path.isdir(os.path.join(run_dir, "checkpoints")) and os.listdir(os.path.join(run_dir, "checkpoints"))):
+    if resume and not (
+        os.path.isdir(os.path.join(run_dir, "checkpoints")) and os.listdir(os.path.join(run_dir, "checkpoints"))
+    ):
         problems.append(Problem("name", f"resume asked for, but {run_dir!r} holds no checkpoint"))
     if resume and overwrite:
         problems.append(Problem("name", "ask for resume or overwrite, not both"))

@@ -16,7 +16,7 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
-from workbench.config import Problem, _NAME_RE, ConfigError
+from workbench.config import _NAME_RE, ConfigError, Problem
 from workbench.runs import Run, write_status
 
 
@@ -61,7 +61,9 @@ def notebook_launch(
         notebook_launcher(fn, args, num_processes=num_processes, use_port=use_port or str(_free_port()))
         write_status(run_dir, state="finished", ended=time.time())
     except BaseException as e:  # ChildFailedError carries the worker's message
-        write_status(run_dir, state="failed", error=f"{type(e).__name__}: {e}\n{traceback.format_exc()}", ended=time.time())
+        write_status(
+            run_dir, state="failed", error=f"{type(e).__name__}: {e}\n{traceback.format_exc()}", ended=time.time()
+        )
     finally:
         for k, v in old.items():
             if v is None:

@@ -34,7 +34,7 @@ GPU_PEAK_FLOPS: dict[str, dict[str, float]] = {
 def gpu_peak_flops(name: str, precision: str) -> float | None:
     """Peak FLOP/s for a GPU name as torch reports it ("NVIDIA H100 80GB HBM3"), or None if unknown."""
     best = None
-    for key, table in GPU_PEAK_FLOPS.items():
+    for key in GPU_PEAK_FLOPS:
         if key.replace(" ", "").lower() in name.replace(" ", "").lower() and (best is None or len(key) > len(best)):
             best = key
     if best is None:

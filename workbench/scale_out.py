@@ -1,0 +1,131 @@
+"""Hand the same experiment to an existing engine: an Accelerate config file, per-node commands, a SLURM script.
+
+The workbench does not grow its own cluster launcher. For M machines with G GPUs each it writes:
+
+    <out>/config.yaml            the RunConfig with parallel.num_processes = M x G
+    <out>/accelerate.yaml        an Accelerate config file (`accelerate launch --config_file`)
+    <out>/launch_node<R>.sh      the exact `accelerate launch` command for machine rank R
+    <out>/slurm.sbatch           a SLURM batch script that runs it on every node with srun
+
+and the same as a Python object (`ScaleOut`). On CPU machines (device cpu) the command is prefixed with
+ACCELERATE_USE_CPU=1 and keeps `distributed_type: MULTI_GPU`: a config file saying MULTI_CPU, or
+`use_cpu: true`, makes `accelerate launch` start ONE process (../shared/FACTS.md).
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+from dataclasses import dataclass, field
+
+import yaml
+
+from workbench.config import ConfigError, DeviceInfo, Problem, RunConfig
+
+
+@dataclass
+class ScaleOut:
+    out_dir: str
+    config_path: str
+    accelerate_config_path: str
+    node_commands: list[str] = field(default_factory=list)
+    node_scripts: list[str] = field(default_factory=list)
+    slurm_path: str = ""
+
+    def __str__(self) -> str:
+        lines = [f"wrote {self.out_dir}/", f"  accelerate config  {self.accelerate_config_path}"]
+        for r, c in enumerate(self.node_commands):
+            lines.append(f"  machine {r}:  {c}")
+        lines.append(f"  SLURM:  sbatch {self.slurm_path}")
+        return "\n".join(lines)
+
+
+def scale_out(
+    cfg: RunConfig,
+    machines: int = 1,
+    gpus_per_machine: int = 8,
+    out_dir: str | None = None,
+    main_address: str = "MAIN_NODE_ADDRESS",
+    main_port: int = 29500,
+    device: str = "cuda",
+) -> ScaleOut:
+    """Write the launch files for `machines` x `gpus_per_machine` processes; returns where and what."""
+    problems = []
+    if not isinstance(machines, int) or machines < 1:
+        problems.append(Problem("machines", f"must be a whole number >= 1, got {machines!r}"))
+    if not isinstance(gpus_per_machine, int) or gpus_per_machine < 1:
+        problems.append(Problem("gpus_per_machine", f"must be a whole number >= 1, got {gpus_per_machine!r}"))
+    if device not in ("cuda", "cpu"):
+        problems.append(Problem("device", f"must be cuda or cpu, got {device!r}"))
+    if problems:
+        raise ConfigError(problems)
+    world = machines * gpus_per_machine
+    target = cfg.override({"parallel.num_processes": world, "device": device})
+    # Validate against the target cluster, not this laptop: a GPU config made on a CPU machine is fine.
+    target_devices = DeviceInfo(device, gpus_per_machine * machines if device == "cuda" else world, "target", (9, 0))
+    problems = [p for p in target.validate(target_devices) if p.key not in ("data.path",)]
+    if problems:
+        raise ConfigError(problems)
+
+    out_dir = os.path.abspath(out_dir or os.path.join(cfg.runs_dir, cfg.name + "-scale-out"))
+    os.makedirs(out_dir, exist_ok=True)
+    config_path = os.path.join(out_dir, "config.yaml")
+    target.to_yaml(config_path)
+    # The worker's run folder is the folder of its config.yaml: the job writes metrics and checkpoints here
+    # (on a shared file system for several machines).
+
+    acc_cfg = {
+        "compute_environment": "LOCAL_MACHINE",
+        "distributed_type": "MULTI_GPU" if world > 1 else "NO",
+        "mixed_precision": "no",  # the worker sets precision on its Accelerator from the RunConfig
+        "use_cpu": False,  # on CPU: ACCELERATE_USE_CPU=1 in the command instead (see the module docstring)
+        "num_machines": machines,
+        "num_processes": world,
+        "machine_rank": 0,
+        "main_process_ip": main_address if machines > 1 else None,
+        "main_process_port": main_port,
+        "rdzv_backend": "static",
+        "same_network": True,
+        "gpu_ids": "all",
+        "debug": False,
+        "downcast_bf16": "no",
+        "enable_cpu_affinity": False,
+    }
+    acc_path = os.path.join(out_dir, "accelerate.yaml")
+    with open(acc_path, "w") as f:
+        yaml.safe_dump({k: v for k, v in acc_cfg.items() if v is not None}, f, sort_keys=False)
+
+    env = "ACCELERATE_USE_CPU=1 " if device == "cpu" else ""
+    commands, scripts = [], []
+    for rank in range(machines):
+        parts = ["accelerate", "launch", "--config_file", acc_path, "--machine_rank", str(rank)]
+        if machines > 1:
+            parts += ["--main_process_ip", main_address, "--main_process_port", str(main_port)]
+        parts += ["-m", "workbench.worker", config_path]
+        cmd = env + " ".join(shlex.quote(p) for p in parts)
+        commands.append(cmd)
+        path = os.path.join(out_dir, f"launch_node{rank}.sh")
+        with open(path, "w") as f:
+            f.write(f"#!/usr/bin/env bash\n# machine {rank} of {machines}: run this on that machine\nset -e\n{cmd}\n")
+        os.chmod(path, 0o755)
+        scripts.append(path)
+
+    slurm = os.path.join(out_dir, "slurm.sbatch")
+    with open(slurm, "w") as f:
+        f.write(
+            f"""#!/usr/bin/env bash
+#SBATCH --job-name={cfg.name}
+#SBATCH --nodes={machines}
+#SBATCH --ntasks-per-node=1
+#SBATCH --gpus-per-node={gpus_per_machine}
+#SBATCH --exclusive
+#SBATCH --output={out_dir}/slurm-%j.out
+# One task per node; each runs `accelerate launch`, which starts {gpus_per_machine} processes on its node.
+set -euo pipefail
+MAIN_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)
+srun bash -c '{env}accelerate launch --config_file {shlex.quote(acc_path)} \\
+  --machine_rank "$SLURM_NODEID" --main_process_ip '"$MAIN_ADDR"' --main_process_port {main_port} \\
+  -m workbench.worker {shlex.quote(config_path)}'
+"""
+        )
+    return ScaleOut(out_dir, config_path, acc_path, commands, scripts, slurm)
