@@ -35,6 +35,7 @@ KEYS = [
     ("precision", "bf16", "fp64"),
     ("micro_batch_size", 4, 0),
     ("grad_accum_steps", 1, 0),
+    ("activation_checkpointing", True, "yes"),
     ("max_steps", 100, 0),
     ("optimizer.name", "sgd", "lion"),
     ("optimizer.lr", 1e-4, float("nan")),
@@ -52,6 +53,17 @@ KEYS = [
     ("device", "cpu", "tpu"),
     ("runs_dir", "elsewhere", ""),
     ("timeout_s", 30, 1),
+    # after pretraining (tests/test_finetune.py checks run folders, architecture and teacher mismatches)
+    ("init_from", None, "no/such/run"),
+    ("task.kind", "classify", "regression"),
+    ("task.num_labels", 3, 1),
+    ("peft.method", "lora", "adapter"),
+    ("peft.r", 4, 0),
+    ("peft.alpha", 8, 0),
+    ("peft.target", ["attn"], ["ffn"]),
+    ("distill.teacher", None, "no/such/run"),
+    ("distill.temperature", 4.0, 0.0),
+    ("distill.alpha", 0.9, 1.5),
 ]
 
 

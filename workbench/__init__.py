@@ -12,18 +12,42 @@ Importing workbench does not import torch: the config, the run folders and the p
 from workbench.config import ConfigError, DeviceInfo, Problem, RunConfig
 from workbench.launch import launch
 from workbench.notebook import notebook_launch
+from workbench.plan import Plan, RankMemory, plan
 from workbench.runs import Run, list_runs
+from workbench.sweep import Sweep, sweep
 from workbench.telemetry import Reporter
 
 __all__ = [
     "ConfigError",
     "DeviceInfo",
+    "Plan",
     "Problem",
+    "RankMemory",
     "Reporter",
     "Run",
     "RunConfig",
+    "Sweep",
     "launch",
     "list_runs",
     "notebook_launch",
+    "plan",
+    "sweep",
 ]
 __version__ = "0.1.0"
+
+# After pretraining: these import torch (and peft / onnxruntime), so they load on first use, not on import.
+_LAZY = {
+    "quantize": "workbench.compress",
+    "prune": "workbench.compress",
+    "export_onnx": "workbench.export",
+    "load_model": "workbench.finetune",
+}
+__all__ += list(_LAZY)
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'workbench' has no attribute {name!r}")

@@ -148,12 +148,92 @@ def cmd_tensorboard(args: argparse.Namespace) -> int:
         return 0
 
 
+def cmd_plan(args: argparse.Namespace) -> int:
+    import json
+
+    from workbench.plan import plan
+
+    try:
+        cfg = _load(args.config, args.set)
+        p = plan(cfg, device=args.device, efficiency=args.efficiency)
+    except ConfigError as e:
+        return _fail(str(e))
+    except ValueError as e:  # an unknown --device
+        return _fail(str(e))
+    print(json.dumps(p.to_dict(), indent=1) if args.json else p.table())
+    return 0
+
+
 def cmd_stop(args: argparse.Namespace) -> int:
     run = Run.attach(os.path.join(args.runs_dir, args.name))
     run.stop()
     print(f"asked {args.name} to stop; waiting...")
     run.wait(timeout=args.timeout)
     print(run.status)
+    return 0
+
+
+def cmd_scale_out(args: argparse.Namespace) -> int:
+    from workbench.scale_out import scale_out
+
+    try:
+        cfg = _load(args.config, args.set)
+        out = scale_out(cfg, machines=args.machines, gpus_per_machine=args.gpus_per_machine, out_dir=args.out,
+                        main_address=args.main_address, main_port=args.main_port, device=args.device)  # fmt: skip
+    except ConfigError as e:
+        return _fail(str(e))
+    print(out)
+    if args.to == "slurm":
+        print(f"\nsubmit with: sbatch {out.slurm_path}")
+    else:
+        print("\nrun each machine's command on that machine (a shared file system keeps one run folder)")
+    return 0
+
+
+def _finished_run(arg: str, runs_dir: str) -> str:
+    """A run folder given as a path, or as a name under --runs-dir; it must hold a model checkpoint."""
+    from workbench.config import model_checkpoint
+
+    path = arg if os.path.isdir(arg) else os.path.join(runs_dir, arg)
+    if not os.path.isfile(os.path.join(path, "config.yaml")):
+        raise FileNotFoundError(f"{arg!r} is not a run folder (no config.yaml); give a path or a name in {runs_dir}/")
+    if model_checkpoint(path) is None:
+        raise FileNotFoundError(f"{path!r} holds no checkpoint with model weights yet; let the run finish first")
+    return path
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from workbench.export import export_onnx
+
+    try:
+        path = _finished_run(args.run, args.runs_dir)
+    except FileNotFoundError as e:
+        return _fail(str(e))
+    # ONNX is the one format for now; --onnx names it, as later formats will have their flag
+    report = export_onnx(path, path=args.out, batch_size=args.batch_size, dynamo=not args.torchscript)
+    print(report.table())
+    return 0 if report.parity else 1
+
+
+def cmd_quantize(args: argparse.Namespace) -> int:
+    from workbench.compress import quantize
+
+    try:
+        path = _finished_run(args.run, args.runs_dir)
+    except FileNotFoundError as e:
+        return _fail(str(e))
+    print(quantize(path, batch_size=args.batch_size).table())
+    return 0
+
+
+def cmd_prune(args: argparse.Namespace) -> int:
+    from workbench.compress import prune
+
+    try:
+        path = _finished_run(args.run, args.runs_dir)
+        print(prune(path, args.sparsity, batch_size=args.batch_size).table())
+    except (FileNotFoundError, ValueError) as e:
+        return _fail(str(e))
     return 0
 
 
@@ -185,10 +265,55 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--timeout", type=float, default=120)
     s.set_defaults(fn=cmd_stop)
 
+    pl = sub.add_parser("plan", help="memory per rank, FLOPs, time and communication of a config, without running it")
+    pl.add_argument("config")
+    pl.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a key, e.g. --set precision=bf16")
+    pl.add_argument("--device", default=None, help="h100, h200, a100-40, a100-80, cpu, ... (default: this machine)")
+    pl.add_argument(
+        "--efficiency", type=float, default=None, help="fraction of peak FLOP/s assumed (default 0.4 GPU, 0.35 CPU)"
+    )
+    pl.add_argument("--json", action="store_true", help="print the plan as JSON")
+    pl.set_defaults(fn=cmd_plan)
+
     b = sub.add_parser("tensorboard", help="TensorBoard on 127.0.0.1 over the runs folder")
     b.add_argument("--runs-dir", default="runs")
     b.add_argument("--port", type=int, default=6006)
     b.set_defaults(fn=cmd_tensorboard)
+
+    so = sub.add_parser("scale-out", help="write an Accelerate config, per-node commands and a SLURM script for a run")
+    so.add_argument("config")
+    so.add_argument("--set", action="append", metavar="KEY=VALUE")
+    so.add_argument("--machines", type=int, default=1)
+    so.add_argument("--gpus-per-machine", type=int, default=8)
+    so.add_argument("--to", choices=["accelerate", "slurm"], default="accelerate")
+    so.add_argument("--out", default=None, help="folder for the files (default runs/<name>-scale-out)")
+    so.add_argument("--main-address", default="MAIN_NODE_ADDRESS", help="address of machine 0")
+    so.add_argument("--main-port", type=int, default=29500)
+    so.add_argument("--device", choices=["cuda", "cpu"], default="cuda")
+    so.set_defaults(fn=cmd_scale_out)
+
+    ex = sub.add_parser("export", help="export a finished run's model to ONNX and check it with onnxruntime")
+    ex.add_argument("run", help="run folder, or a run name in --runs-dir")
+    ex.add_argument("--onnx", action="store_true", help="ONNX (the default and, for now, only format)")
+    ex.add_argument("--out", default=None, help="the .onnx file (default RUN/export/model.onnx)")
+    ex.add_argument("--batch-size", type=int, default=None, help="batch timed for latency (default micro_batch_size)")
+    ex.add_argument("--torchscript", action="store_true", help="the older TorchScript exporter instead of dynamo")
+    ex.add_argument("--runs-dir", default="runs")
+    ex.set_defaults(fn=cmd_export)
+
+    qu = sub.add_parser("quantize", help="dynamic int8 of a finished run's Linears: size, latency, accuracy")
+    qu.add_argument("run", help="run folder, or a run name in --runs-dir")
+    qu.add_argument("--batch-size", type=int, default=None, help="batch timed for latency (default micro_batch_size)")
+    qu.add_argument("--runs-dir", default="runs")
+    qu.set_defaults(fn=cmd_quantize)
+
+    pr = sub.add_parser("prune", help="magnitude pruning of a finished run's model: accuracy against sparsity")
+    pr.add_argument("run", help="run folder, or a run name in --runs-dir")
+    pr.add_argument("--sparsity", type=float, nargs="+", default=[0.25, 0.5, 0.75, 0.9], metavar="S",
+                    help="fractions of each block Linear's weights to zero (default 0.25 0.5 0.75 0.9)")  # fmt: skip
+    pr.add_argument("--batch-size", type=int, default=None, help="batch timed for latency (default micro_batch_size)")
+    pr.add_argument("--runs-dir", default="runs")
+    pr.set_defaults(fn=cmd_prune)
 
     args = p.parse_args(argv)
     t0 = time.time()

@@ -20,12 +20,18 @@ import yaml
 ARCHS = ("gpt",)
 DATA_SOURCES = ("synthetic", "text")
 STRATEGIES = ("ddp", "zero1", "zero2", "zero3", "tp", "pp", "ps", "dp_tp")
-IMPLEMENTED_STRATEGIES = ("ddp",)  # the others arrive with the parallelism issue
+IMPLEMENTED_STRATEGIES = STRATEGIES  # every layout trains for real (workbench/parallel/)
+MODEL_PARALLEL = ("tp", "pp", "dp_tp")  # layouts that split the reference GPT's modules by name
 PRECISIONS = ("fp32", "bf16", "fp16", "fp8")
 OPTIMIZERS = ("adamw", "sgd")
 DECAYS = ("cosine", "linear", "constant")
 PP_SCHEDULES = ("gpipe", "1f1b")
 DEVICES = ("auto", "cpu", "cuda")
+TASK_KINDS = ("lm", "classify")
+PEFT_METHODS = ("none", "frozen", "lora")
+# peft.target groups -> the reference GPT's Linear names (a bare name like "q" or "fc1" works too)
+LORA_TARGETS = {"attn": ("q", "k", "v", "o"), "mlp": ("fc1", "fc2")}
+FINETUNE_STRATEGIES = ("ddp",)  # classify / peft / distill are built and tested on plain data parallel
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._=,+-]{0,127}$")
 
@@ -95,6 +101,27 @@ class ScheduleConfig:
 
 
 @dataclass(frozen=True)
+class TaskConfig:
+    kind: str = "lm"  # lm: next-token prediction; classify: one label per sequence (workbench/finetune.py)
+    num_labels: int = 2  # classify only
+
+
+@dataclass(frozen=True)
+class PeftConfig:
+    method: str = "none"  # none: every weight trains; frozen: backbone frozen, head trains; lora: adapters
+    r: int = 8  # LoRA rank
+    alpha: float = 16.0  # LoRA scale: the update is (alpha / r) B A
+    target: tuple[str, ...] = ("attn", "mlp")  # attn = q k v o, mlp = fc1 fc2, or Linear names
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    teacher: str | None = None  # a finished run folder; its model's softened outputs teach this one
+    temperature: float = 2.0
+    alpha: float = 0.5  # weight of the teacher's soft loss; 1 - alpha on the hard labels
+
+
+@dataclass(frozen=True)
 class RunConfig:
     name: str = "quickstart"
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -103,6 +130,7 @@ class RunConfig:
     precision: str = "fp32"
     micro_batch_size: int = 8
     grad_accum_steps: int = 4
+    activation_checkpointing: bool = False  # recompute each block's activations in backward: less memory
     max_steps: int = 200
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
@@ -114,6 +142,11 @@ class RunConfig:
     device: str = "auto"  # auto: CUDA GPUs when present, else CPU processes with gloo
     runs_dir: str = "runs"
     timeout_s: int = 60  # process-group timeout: a hung rank fails the run after this many seconds
+    # after pretraining (workbench/finetune.py)
+    init_from: str | None = None  # a run folder: start from its latest checkpoint
+    task: TaskConfig = field(default_factory=TaskConfig)
+    peft: PeftConfig = field(default_factory=PeftConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
 
     # ---- derived values: properties, never inputs ----
     @property
@@ -130,8 +163,14 @@ class RunConfig:
 
     @property
     def global_batch_size(self) -> int:
-        """Sequences per optimizer step: micro_batch_size x grad_accum_steps x data-parallel degree."""
-        return self.micro_batch_size * self.grad_accum_steps * self.dp_degree
+        """Sequences per optimizer step: micro_batch_size x grad_accum_steps x num_processes, in EVERY layout.
+
+        Each process loads micro_batch_size sequences per micro-step; ranks that share one model replica
+        (a tensor-parallel row, a pipeline) train on their micro-batches stacked, so a replica sees
+        micro_batch_size x (num_processes / dp_degree) sequences. Switching layouts changes how the work is
+        split, never the batch, so loss curves of different layouts compare directly.
+        """
+        return self.micro_batch_size * self.grad_accum_steps * self.parallel.num_processes
 
     @property
     def tokens_per_step(self) -> int:
@@ -372,6 +411,26 @@ def is_import_string(s: Any) -> bool:
     return isinstance(s, str) and re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*", s) is not None
 
 
+def _check_importable(key: str, spec: str, P: list[Problem]) -> None:
+    """The module of "pkg.module:factory" must be findable from here (the workers get the same path)."""
+    import importlib.util
+    import sys
+
+    module = spec.split(":", 1)[0]
+    added = os.getcwd() not in sys.path
+    if added:
+        sys.path.insert(0, os.getcwd())  # launch() puts the cwd on the workers' PYTHONPATH too
+    try:
+        found = importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        found = False
+    finally:
+        if added:
+            sys.path.remove(os.getcwd())
+    if not found:
+        P.append(Problem(key, f"cannot find module {module!r} of {spec!r}; is it on PYTHONPATH or in this folder?"))
+
+
 def _validate(cfg: RunConfig, dev: DeviceInfo) -> list[Problem]:
     P: list[Problem] = []
 
@@ -424,6 +483,8 @@ def _validate(cfg: RunConfig, dev: DeviceInfo) -> list[Problem]:
     # model
     m = cfg.model
     custom_model = is_import_string(m.arch)
+    if custom_model:
+        _check_importable("model.arch", m.arch, P)
     if not custom_model:
         need_choice("model.arch", m.arch, ARCHS, ' or an import string "pkg.module:factory"')
     ok_l = need_int("model.n_layer", m.n_layer, 1, 256)
@@ -444,6 +505,8 @@ def _validate(cfg: RunConfig, dev: DeviceInfo) -> list[Problem]:
     # data
     d = cfg.data
     custom_data = is_import_string(d.source)
+    if custom_data:
+        _check_importable("data.source", d.source, P)
     if not custom_data:
         need_choice("data.source", d.source, DATA_SOURCES, ' or an import string "pkg.module:factory"')
     need_int("data.vocab_size", d.vocab_size, 2, 1 << 17)
@@ -452,6 +515,8 @@ def _validate(cfg: RunConfig, dev: DeviceInfo) -> list[Problem]:
     if d.source == "text":
         if not d.path or not isinstance(d.path, str):
             P.append(Problem("data.path", "data.source is text: set data.path to a UTF-8 or plain text file"))
+        elif os.path.isdir(d.path):
+            P.append(Problem("data.path", f"{d.path!r} is a folder; point data.path at a text file"))
         elif not os.path.isfile(d.path):
             P.append(Problem("data.path", f"no such file: {d.path!r}"))
         elif not os.access(d.path, os.R_OK):
@@ -547,4 +612,204 @@ def _validate(cfg: RunConfig, dev: DeviceInfo) -> list[Problem]:
     need_int("schedule.warmup_steps", s.warmup_steps, 0)
     need_choice("schedule.decay", s.decay, DECAYS)
     need_num("schedule.min_lr_ratio", s.min_lr_ratio, 0.0, 1.0)
+    if not isinstance(cfg.activation_checkpointing, bool):
+        P.append(Problem("activation_checkpointing", f"must be true or false, got {cfg.activation_checkpointing!r}"))
+    _validate_layout(cfg, P)
+    _validate_after_pretraining(cfg, P, need_int, need_num, need_choice)
     return P
+
+
+def _divisors(n: int) -> list[int]:
+    return [k for k in range(1, n + 1) if n % k == 0]
+
+
+def _validate_layout(cfg: RunConfig, P: list[Problem]) -> None:
+    """The combinations of parallel.* with each other, the model and the precision (workbench/parallel/)."""
+    p, m = cfg.parallel, cfg.model
+    if p.strategy not in STRATEGIES or not all(
+        _is_int(v) and v >= 1 for v in (p.num_processes, p.tp_size, p.pp_size, p.pp_microbatches)
+    ):
+        return  # the single-key checks above already name the problem
+    n, s, tp, pp, mb = p.num_processes, p.strategy, p.tp_size, p.pp_size, p.pp_microbatches
+    model_ok = all(_is_int(v) and v >= 1 for v in (m.n_layer, m.n_head, m.d_model))
+    if tp != 1 and s not in ("tp", "dp_tp"):
+        P.append(Problem("parallel.tp_size", f"only tp and dp_tp split layers across processes; with "
+                         f"parallel.strategy {s} set parallel.tp_size: 1"))  # fmt: skip
+    if pp != 1 and s != "pp":
+        P.append(Problem("parallel.pp_size", f"only pp has pipeline stages; with parallel.strategy {s} set "
+                         "parallel.pp_size: 1"))  # fmt: skip
+    if s in ("zero1", "zero2", "zero3") and n < 2:
+        P.append(Problem("parallel.strategy", f"{s} shards state across processes, and parallel.num_processes 1 "
+                         "has nothing to shard with: use ddp, or parallel.num_processes >= 2"))  # fmt: skip
+    if s in ("ps", "dp_tp") and n < 2:
+        why = "a server and at least one worker" if s == "ps" else "a (dp, tp) grid of processes (>= 4 for both > 1)"
+        P.append(Problem("parallel.strategy", f"{s} needs {why}: set parallel.num_processes >= 2"))
+    if s in MODEL_PARALLEL and is_import_string(m.arch):
+        P.append(Problem("parallel.strategy", f"{s} splits the reference GPT's blocks by name; with your own "
+                         "model.arch use ddp, zero1, zero2, zero3 or ps"))  # fmt: skip
+    if s == "tp":
+        if tp < 2:
+            P.append(Problem("parallel.tp_size", f"tp needs tp_size >= 2 processes sharing each layer; set "
+                             f"parallel.tp_size: {n} (= parallel.num_processes)"))  # fmt: skip
+        elif tp != n:
+            P.append(Problem("parallel.tp_size", f"tp puts all parallel.num_processes ({n}) in one tensor-parallel "
+                             f"group: set parallel.tp_size: {n}, or use parallel.strategy dp_tp to combine "
+                             f"tp_size {tp} with data parallelism"))  # fmt: skip
+    if s == "dp_tp" and n % tp:
+        P.append(Problem("parallel.tp_size", f"dp_tp arranges parallel.num_processes ({n}) as a (dp, tp) grid: "
+                         f"tp_size must divide it; pick one of {_divisors(n)}"))  # fmt: skip
+    if s in ("tp", "dp_tp") and tp > 1 and model_ok:
+        if m.n_head % tp:
+            heads = [k for k in _divisors(m.n_head) if k > 1 and k <= n]
+            P.append(Problem("parallel.tp_size", f"model.n_head {m.n_head} does not divide by parallel.tp_size {tp}: "
+                             f"each rank computes n_head / tp_size heads; use tp_size in {heads or [1]} or change "
+                             "model.n_head"))  # fmt: skip
+        if (4 * m.d_model) % tp:
+            P.append(Problem("parallel.tp_size", f"the MLP's 4 x model.d_model = {4 * m.d_model} hidden units do not "
+                             f"divide by parallel.tp_size {tp}"))  # fmt: skip
+    if s == "pp":
+        if pp < 2:
+            P.append(Problem("parallel.pp_size", f"pp needs at least 2 stages; set parallel.pp_size: {n} "
+                             "(= parallel.num_processes)"))  # fmt: skip
+        elif pp != n:
+            P.append(Problem("parallel.pp_size", f"pp runs one pipeline, one stage per process: parallel.pp_size "
+                             f"({pp}) must equal parallel.num_processes ({n})"))  # fmt: skip
+        if model_ok and pp > m.n_layer:
+            P.append(Problem("parallel.pp_size", f"{pp} stages but model.n_layer is {m.n_layer}: each stage needs a "
+                             f"block; use parallel.pp_size <= {m.n_layer} or more layers"))  # fmt: skip
+        if _is_int(cfg.micro_batch_size) and cfg.micro_batch_size >= 1 and (cfg.micro_batch_size * pp) % mb:
+            batch = cfg.micro_batch_size * pp
+            P.append(Problem("parallel.pp_microbatches", f"the pipeline's batch (micro_batch_size x pp_size = "
+                             f"{batch} sequences) does not split into {mb} equal micro-batches; use one of "
+                             f"{_divisors(batch)}"))  # fmt: skip
+        if p.pp_schedule == "1f1b" and mb < pp:
+            P.append(Problem("parallel.pp_microbatches", f"1f1b needs at least as many micro-batches as stages "
+                             f"({pp}): set parallel.pp_microbatches >= {pp}, or parallel.pp_schedule: gpipe"))  # fmt: skip
+    if cfg.precision == "fp16" and s not in ("ddp", "zero1"):
+        P.append(Problem("precision", f"fp16's loss scaler must agree across shards; this version has it for ddp "
+                         f"and zero1: use bf16 with parallel.strategy {s}"))  # fmt: skip
+    if cfg.precision == "fp8" and s != "ddp":
+        P.append(
+            Problem("precision", f"fp8 runs through Accelerate's ddp path only: use bf16 with parallel.strategy {s}")
+        )
+
+
+# ---------------------------------------------------------------------------------------------------------
+# after pretraining: init_from, task, peft, distill (the training side lives in workbench/finetune.py)
+
+
+def model_checkpoint(run_dir: str) -> str | None:
+    """The latest checkpoints/step_N folder of a run that holds model weights, or None."""
+    root = os.path.join(run_dir, "checkpoints")
+    try:
+        steps = sorted((int(d[5:]), d) for d in os.listdir(root) if d.startswith("step_") and d[5:].isdigit())
+    except OSError:
+        return None
+    for _, d in reversed(steps):
+        path = os.path.join(root, d)
+        if any(os.path.isfile(os.path.join(path, f)) for f in ("model.safetensors", "pytorch_model.bin")):
+            return path
+    return None
+
+
+def _vocab(cfg: RunConfig) -> int | None:
+    if cfg.data.source == "text":
+        return 256  # byte level, as workbench.data.TEXT_VOCAB
+    return cfg.data.vocab_size if cfg.data.source == "synthetic" else None
+
+
+def _source_run(cfg: RunConfig, key: str, path: Any, P: list[Problem]) -> RunConfig | None:
+    """The config of the run folder named by key (init_from or distill.teacher), or None with a problem."""
+    if not isinstance(path, str) or not path:
+        P.append(Problem(key, f"must be a run folder path such as runs/quickstart (run.path), got {path!r}"))
+        return None
+    if not os.path.isfile(os.path.join(path, "config.yaml")):
+        P.append(Problem(key, f"{path!r} is not a run folder (no config.yaml); give a finished run's folder"))
+        return None
+    if os.path.abspath(path) == os.path.abspath(cfg.run_dir):
+        P.append(Problem(key, f"{path!r} is this run's own folder; give another run, or change name"))
+        return None
+    if model_checkpoint(path) is None:
+        P.append(Problem(key, f"{path!r} holds no checkpoint with model weights yet; let that run finish first"))
+        return None
+    try:
+        src = RunConfig.from_yaml(os.path.join(path, "config.yaml"))
+    except ConfigError as e:
+        P.append(Problem(key, f"cannot read {path!r}'s config: {e.problems[0]}"))
+        return None
+    if src.model.arch != "gpt":
+        P.append(Problem(key, f"{path!r} trained model.arch {src.model.arch!r}; only gpt runs can be loaded"))
+        return None
+    return src
+
+
+def _validate_after_pretraining(cfg: RunConfig, P: list[Problem], need_int, need_num, need_choice) -> None:
+    t, pe, di = cfg.task, cfg.peft, cfg.distill
+    ok_kind = need_choice("task.kind", t.kind, TASK_KINDS)
+    ok_labels = need_int("task.num_labels", t.num_labels, 2, 1024)
+    classify = ok_kind and t.kind == "classify"
+    if classify:
+        if cfg.data.source == "text":
+            P.append(Problem("task.kind", "classify needs labelled data: use data.source synthetic (labels from "
+                             'the generator) or your own factory "pkg.module:build" returning (x, label) pairs'))  # fmt: skip
+        vocab = _vocab(cfg)
+        if ok_labels and _is_int(vocab) and vocab < 4 * t.num_labels:
+            P.append(Problem("task.num_labels", f"the synthetic task gives each label its own words: "
+                             f"data.vocab_size {vocab} allows at most {vocab // 4} labels"))  # fmt: skip
+
+    ok_method = need_choice("peft.method", pe.method, PEFT_METHODS)
+    if need_int("peft.r", pe.r, 1, 4096) and _is_int(cfg.model.d_model) and pe.r > cfg.model.d_model:
+        P.append(Problem("peft.r", f"rank {pe.r} exceeds model.d_model {cfg.model.d_model}: adds parameters, "
+                         f"no capacity; use r <= {cfg.model.d_model}"))  # fmt: skip
+    need_num("peft.alpha", pe.alpha, 0.0, 1e6, lo_open=True)
+    names = sorted({n for g in LORA_TARGETS.values() for n in g})
+    tgt = pe.target
+    if not isinstance(tgt, (tuple, list)) or not tgt or not all(isinstance(x, str) for x in tgt):
+        P.append(Problem("peft.target", f"must be a list such as [attn, mlp] (or Linear names {names}), got {tgt!r}"))
+    else:
+        bad = [x for x in tgt if x not in LORA_TARGETS and x not in names]
+        if bad:
+            P.append(Problem("peft.target", f"unknown {bad}: use attn, mlp or Linear names {', '.join(names)}"))
+    if ok_method and pe.method == "frozen" and ok_kind and t.kind != "classify":
+        P.append(Problem("peft.method", "frozen trains only a classification head: set task.kind: classify, "
+                         "or use lora / none for a language model"))  # fmt: skip
+
+    need_num("distill.temperature", di.temperature, 0.0, 100.0, lo_open=True)
+    need_num("distill.alpha", di.alpha, 0.0, 1.0)
+
+    uses = [k for k, on in (("task.kind", classify), ("peft.method", ok_method and pe.method != "none"),
+                            ("distill.teacher", bool(di.teacher))) if on]  # fmt: skip
+    for key in uses:
+        if cfg.model.arch != "gpt":
+            P.append(Problem(key, f"needs model.arch gpt (the reference model's Linear names), got {cfg.model.arch!r}"))
+        if cfg.parallel.strategy in STRATEGIES and cfg.parallel.strategy not in FINETUNE_STRATEGIES:
+            P.append(Problem(key, f"works with parallel.strategy {' or '.join(FINETUNE_STRATEGIES)} in this "
+                             f"version, not {cfg.parallel.strategy!r}"))  # fmt: skip
+
+    # init_from: same architecture (the weights must fit), checked here, before any process starts
+    if cfg.init_from is not None:
+        src = _source_run(cfg, "init_from", cfg.init_from, P)
+        if src is not None:
+            m, sm = cfg.model, src.model
+            for k in ("n_layer", "n_head", "d_model", "seq_len"):
+                if getattr(m, k) != getattr(sm, k):
+                    P.append(Problem("init_from", f"{cfg.init_from!r} has model.{k} {getattr(sm, k)}, this config "
+                                     f"{getattr(m, k)}: its weights cannot load; set model.{k}: {getattr(sm, k)}"))  # fmt: skip
+            if _vocab(src) != _vocab(cfg):
+                P.append(Problem("init_from", f"{cfg.init_from!r} has a vocabulary of {_vocab(src)} tokens, this "
+                                 f"config {_vocab(cfg)}: set data.source / data.vocab_size as in that run"))  # fmt: skip
+
+    # distill.teacher: any size, but the same outputs (task, labels, vocabulary) and enough context
+    if di.teacher is not None:
+        src = _source_run(cfg, "distill.teacher", di.teacher, P)
+        if src is not None:
+            if src.task.kind != t.kind or (t.kind == "classify" and src.task.num_labels != t.num_labels):
+                what = src.task.kind + (f" with {src.task.num_labels} labels" if src.task.kind == "classify" else "")
+                P.append(Problem("distill.teacher", f"{di.teacher!r} solves task {what}; the student needs the "
+                                 "same task.kind and task.num_labels"))  # fmt: skip
+            if _vocab(src) != _vocab(cfg):
+                P.append(Problem("distill.teacher", f"{di.teacher!r} has a vocabulary of {_vocab(src)} tokens, "
+                                 f"the student {_vocab(cfg)}"))  # fmt: skip
+            if _is_int(cfg.model.seq_len) and src.model.seq_len < cfg.model.seq_len:
+                P.append(Problem("distill.teacher", f"{di.teacher!r} reads at most {src.model.seq_len} tokens; "
+                                 f"set model.seq_len <= {src.model.seq_len}"))  # fmt: skip

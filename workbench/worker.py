@@ -9,7 +9,6 @@ device and read back only at log steps, where the ranks also agree on whether to
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -61,6 +60,27 @@ def _loss_of(out: Any) -> torch.Tensor:
     return out[1] if isinstance(out, (tuple, list)) else out
 
 
+def _gather_objects(obj: Any) -> list[Any]:
+    """Every rank's ``obj`` (a JSON-able dict), on every rank; [obj] for a single process."""
+    if not torch.distributed.is_initialized():
+        return [obj]
+    out: list[Any] = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(out, obj)
+    return out
+
+
+def _comm_event(acc: Any, probe: Any) -> dict[str, Any]:
+    """comm_bytes (one entry per rank), comm_bytes_by_op (rank 0), as names.md fixes them."""
+    mine = torch.tensor([float(probe.total)], dtype=torch.float64, device=acc.device)
+    per_rank = acc.gather(mine)
+    return {
+        "comm_bytes": [int(v) for v in per_rank.tolist()],
+        "comm_bytes_by_op": {k: int(v) for k, v in probe.by_op.items()},
+        "comm_bytes_kind": "measured",
+        "comm_bytes_scope": "optimizer step 1 (payload handed to collectives and send/recv; static shapes)",
+    }
+
+
 def _write_json(path: str, obj: dict) -> None:
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
@@ -78,8 +98,11 @@ def train(cfg, run_dir: str) -> str:
     )
     from torch.utils.data import DataLoader
 
+    from workbench import finetune as ft
+    from workbench import parallel
     from workbench.config import effective_device
-    from workbench.data import build_dataset, entropy_floor
+    from workbench.data import entropy_floor
+    from workbench.measure import FirstStepMeter, planned
     from workbench.models import build_model, flops_per_token
     from workbench.runs import write_status
     from workbench.telemetry import MetricsWriter, cpu_peak_flops, gpu_peak_flops, peak_memory_bytes, tensorboard_scalars
@@ -92,7 +115,9 @@ def train(cfg, run_dir: str) -> str:
     mixed = {"fp32": "no", "bf16": "bf16", "fp16": "fp16", "fp8": "fp8"}[cfg.precision]
     if native_fp16:
         mixed = "no"
-    resume = bool(json.load(open(os.path.join(run_dir, "status.json"))).get("resume"))
+    from workbench.runs import read_status
+
+    resume = bool(read_status(run_dir).get("resume"))  # no status.json: started by hand or by scale-out
 
     acc = Accelerator(
         cpu=on_cpu,
@@ -116,12 +141,13 @@ def train(cfg, run_dir: str) -> str:
     main = acc.is_main_process
 
     set_seed(cfg.seed)  # before building the model: every rank starts from the same weights
-    model = build_model(cfg)
+    model = ft.build(cfg) if ft.active(cfg) else build_model(cfg)  # init_from, classify head, peft
+    teacher = ft.load_teacher(cfg, acc.device)  # distill.teacher's frozen model, or None
+    distill = ft.distill_step_loss(cfg, teacher) if teacher is not None else None
+    classify = cfg.task.kind == "classify"
     n_params = sum(p.numel() for p in model.parameters())
     fpt = flops_per_token(model)
-    optimizer = build_optimizer(cfg, model)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
-    train_ds, eval_ds = build_dataset(cfg, "train"), build_dataset(cfg, "eval")
+    train_ds, eval_ds = ft.dataset(cfg, "train"), ft.dataset(cfg, "eval")  # build_dataset for task.kind lm
     # A dedicated generator: otherwise each new DataLoader iterator draws from the global RNG and shifts
     # dropout after a resume.
     gen = torch.Generator()
@@ -132,16 +158,26 @@ def train(cfg, run_dir: str) -> str:
         raise ValueError(
             f"micro_batch_size {cfg.micro_batch_size} is larger than the {len(train_ds)} training sequences"
         )
-    model, optimizer, train_dl, eval_dl = acc.prepare(model, optimizer, train_dl, eval_dl)
+    # Only the data loaders go through prepare() here: the layout decides what happens to the model. ddp hands
+    # model and optimizer to Accelerate (DDP wrapper); the sharded layouts never let Accelerate see the model,
+    # so it cannot wrap an already-sharded model in DDP (workbench/parallel/).
+    train_dl, eval_dl = acc.prepare(train_dl, eval_dl)
+    test_dl = acc.prepare(DataLoader(ft.dataset(cfg, "test"), batch_size=cfg.micro_batch_size)) if classify else None
     if len(train_dl) < 1:
         raise ValueError("each rank gets no full micro-batch: lower micro_batch_size or parallel.num_processes")
     # The scheduler is not prepared: Accelerate would step it num_processes times per optimizer step (it
-    # counts samples); ours counts optimizer steps. Registered so save_state/load_state carry it.
-    acc.register_for_checkpointing(scheduler)
+    # counts samples); ours counts optimizer steps. Its state (and the CPU GradScaler's) goes into
+    # trainer_state.json rather than register_for_checkpointing, which Accelerate reloads with
+    # torch.load(weights_only=False) — a pickle that could run code from a planted checkpoint.
     scaler = torch.amp.GradScaler("cpu") if native_fp16 else None
-    if scaler is not None:
-        acc.register_for_checkpointing(scaler)
     fwd_ctx = torch.autocast("cpu", dtype=torch.float16) if native_fp16 else nullcontext()
+    layout = parallel.setup(cfg, acc, model, lambda m: build_optimizer(cfg, m), scaler=scaler, fwd_ctx=fwd_ctx)
+    if distill is not None:
+        layout.compute_loss = distill
+    model, optimizer, scaler, fwd_ctx = layout.model, layout.optimizer, layout.scaler, layout.fwd_ctx
+    # LambdaLR drives the torch optimizer itself (Accelerate's wrapper delegates its param_groups to it).
+    scheduler = torch.optim.lr_scheduler.LambdaLR(getattr(optimizer, "optimizer", optimizer), lr_lambda(cfg))
+    meter = FirstStepMeter(model, optimizer)  # bytes held and saved for backward, at the first step only
 
     # What is really in effect, for status.json and the first event: the flags can lie, these cannot.
     seen_dtype: dict[str, str] = {}
@@ -157,12 +193,16 @@ def train(cfg, run_dir: str) -> str:
         "world_size": world,
         "backend": torch.distributed.get_backend() if torch.distributed.is_initialized() else None,
         "distributed_type": str(acc.distributed_type).split(".")[-1],
-        "wrapper": type(model).__name__,
+        "strategy": cfg.parallel.strategy,
+        "wrapper": layout.wrapper_name(),  # the wrapper really in effect (tests fail on a silent DDP fallback)
+        "checkpoint_format": layout.checkpoint_format,
+        "activation_checkpointing": bool(cfg.activation_checkpointing),
         "mixed_precision": "fp16 (torch.autocast cpu + GradScaler)" if native_fp16 else acc.mixed_precision,
         "device": str(acc.device),
         "threads_per_process": torch.get_num_threads(),
         "num_params": n_params,
         "flops_per_token": fpt,
+        "trainable_params": ft.trainable_params(model),
     }
 
     # Peak FLOP/s per device for MFU: a data sheet on GPUs; a measured matmul rate on CPU (rank 0 measures,
@@ -187,9 +227,14 @@ def train(cfg, run_dir: str) -> str:
             (int(d.split("_")[1]), d) for d in os.listdir(ckpt_root) if d.startswith("step_") and d[5:].isdigit()
         )
         last = os.path.join(ckpt_root, ckpts[-1][1])
-        acc.load_state(last)  # model, optimizer, scheduler, scaler and each rank's RNG
+        acc.load_state(last)  # model, optimizer and each rank's RNG; Accelerate loads with weights_only=True
+        layout.load(last)  # the sharded layouts' model and optimizer (DCP / ZeRO / parameter server files)
         with open(os.path.join(last, "trainer_state.json")) as f:
-            step = json.load(f)["step"]
+            trainer_state = json.load(f)
+        step = trainer_state["step"]
+        scheduler.load_state_dict(trainer_state["scheduler"])
+        if scaler is not None and trainer_state.get("scaler"):
+            scaler.load_state_dict(trainer_state["scaler"])
 
     metrics = None
     if main:
@@ -202,8 +247,14 @@ def train(cfg, run_dir: str) -> str:
         metrics = MetricsWriter(mpath)
     # purge_step: TensorBoard hides events past the checkpoint that the interrupted run wrote.
     acc.init_trackers("tensorboard", init_kwargs={"tensorboard": {"purge_step": step + 1} if resume else {}})
+    if main and not resume:
+        # HParams through the run's OWN writer, so TensorBoard links this run's scalars to its config
+        # (init_trackers(config=...) makes a separate sub-run and crashes on list values: FACTS.md).
+        from workbench.sweep import write_hparams
 
-    floor = entropy_floor(cfg)
+        write_hparams(acc.get_tracker("tensorboard", unwrap=True), cfg)
+
+    floor = entropy_floor(cfg) if not classify else None  # the LM's floor; a classifier has bayes_accuracy
     tokens_per_step = cfg.tokens_per_step
     samples_per_step = cfg.global_batch_size
 
@@ -222,8 +273,9 @@ def train(cfg, run_dir: str) -> str:
             for i, (x, y) in enumerate(eval_dl):
                 if i >= cfg.eval_batches:
                     break
-                total[0] += _loss_of(model(x, y)).double()
-                total[1] += 1
+                loss_part, count = layout.eval_loss(x, y)  # (0, 0) on pipeline stages without the head
+                total[0] += loss_part
+                total[1] += count
         model.train()
         total = acc.reduce(total, reduction="sum")
         return float(total[0] / total[1].clamp(min=1))
@@ -231,45 +283,48 @@ def train(cfg, run_dir: str) -> str:
     def save(tag_step: int) -> str:
         path = os.path.join(ckpt_root, f"step_{tag_step}")
         acc.save_state(path)
+        layout.save(path)  # what save_state cannot see: sharded model/optimizer state (see the layout)
         if main:
-            _write_json(os.path.join(path, "trainer_state.json"), {"step": tag_step, "tokens": tag_step * tokens_per_step})
+            state = {"step": tag_step, "tokens": tag_step * tokens_per_step, "scheduler": scheduler.state_dict()}
+            if scaler is not None:
+                state["scaler"] = scaler.state_dict()
+            _write_json(os.path.join(path, "trainer_state.json"), state)
         acc.wait_for_everyone()
         return path
 
     stop_file = os.path.join(run_dir, "STOP")
     clip = cfg.optimizer.grad_clip if cfg.optimizer.grad_clip > 0 else float("inf")
     loss_sum = torch.zeros((), device=acc.device, dtype=torch.float32)
+    loss_n = torch.zeros((), device=acc.device, dtype=torch.float32)  # micro-steps that computed a loss
     gn_sum = torch.zeros((), device=acc.device, dtype=torch.float32)
     n_micro, n_steps, first_event = 0, 0, True
     batches = micro_batches(step * cfg.grad_accum_steps)
     model.train()
     t_interval = time.perf_counter()
     end_state = "finished"
+    # Bytes moved, measured over this process's first optimizer step (the same every step: static shapes).
+    comm_probe = parallel.CommProbe().__enter__()
+    probing = True
+    comm_event: dict[str, Any] | None = None
 
     while step < cfg.max_steps:
         x, y = next(batches)
-        with acc.accumulate(model):
-            with fwd_ctx:
-                loss = _loss_of(model(x, y))
-            acc.backward(scaler.scale(loss) if scaler is not None else loss)
-            if acc.sync_gradients:
-                if scaler is not None:
-                    scaler.unscale_(optimizer.optimizer)
-                grad_norm = acc.clip_grad_norm_(model.parameters(), clip)
-                if scaler is not None:
-                    scaler.step(optimizer.optimizer)  # skips the step when a gradient overflowed
-                    scaler.update()
-                else:
-                    optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-        loss_sum += loss.detach().float()
         n_micro += 1
-        if not acc.sync_gradients:
+        last_micro = n_micro % cfg.grad_accum_steps == 0
+        # forward + backward on this rank's part of the layout; the gradient sync happens on the last micro-step
+        loss_part, count = layout.micro_step(x, y, last_micro)
+        loss_sum += loss_part
+        loss_n += count
+        if not last_micro:
             continue
+        grad_norm = layout.step(clip)  # global norm, clip, update (skipped by fp16's scaler on overflow), zero
+        scheduler.step()
+        if probing:
+            comm_probe.__exit__(None, None, None)
+            probing = False
         step += 1
         n_steps += 1
-        gn_sum += grad_norm.detach().float()
+        gn_sum += grad_norm
 
         last = step == cfg.max_steps
         eval_due = cfg.eval_every > 0 and (step % cfg.eval_every == 0 or last)
@@ -279,9 +334,7 @@ def train(cfg, run_dir: str) -> str:
         # ---- log step: the only place the host waits for the device ----
         dt = time.perf_counter() - t_interval
         stop_asked = 1.0 if (main and os.path.exists(stop_file)) else 0.0
-        stats = torch.stack(
-            [loss_sum, torch.tensor(float(n_micro), device=acc.device), gn_sum, torch.tensor(stop_asked, device=acc.device)]
-        )
+        stats = torch.stack([loss_sum, loss_n, gn_sum, torch.tensor(stop_asked, device=acc.device)])
         stats = acc.reduce(stats, reduction="sum")
         mem = acc.gather(torch.tensor([peak_memory_bytes(acc.device.type)], dtype=torch.float64, device=acc.device))
         loss_v = float(stats[0] / stats[1])
@@ -301,20 +354,34 @@ def train(cfg, run_dir: str) -> str:
             "mem_bytes": [int(v) for v in mem.tolist()],
             "time": time.time(),
         }
+        if comm_probe is not None:  # the first log step after the probe: every rank's bytes, once
+            comm_event = _comm_event(acc, comm_probe)
+            comm_probe = None
+        event.update(comm_event or {})
+        event.update(layout.extra_metrics())  # e.g. the pipeline's bubble and measured idle time per stage
         if scaler is not None:
             event["loss_scale"] = float(scaler.get_scale())
         if floor is not None:
             event["entropy_floor"] = floor
         if eval_due:
-            event["eval_loss"] = evaluate()
+            if classify:  # eval_loss, eval_accuracy, eval_f1; and test_* on the whole test split at the end
+                event.update(ft.eval_event(acc, model, eval_dl, cfg, fwd_ctx, "eval", cfg.eval_batches))
+                if last:
+                    event.update(ft.eval_event(acc, model, test_dl, cfg, fwd_ctx, "test"))
+            else:
+                event["eval_loss"] = evaluate()
         if first_event:
+            event.update(ft.first_event(cfg, effective))  # trainable_params; chance and Bayes accuracy
             effective["compute_dtype"] = seen_dtype.get("dtype")
+            effective["layout"] = _gather_objects(layout.facts())  # per rank: param types, local shapes, ...
             event["effective"] = effective
             if hook is not None:
                 hook.remove()
+            event["measured"] = meter.gather(acc)  # per rank; a log step syncs the ranks anyway
+            event["planned"] = planned(cfg, acc.device) if main else None
             if main:
                 write_status(run_dir, effective=effective, entropy_floor=floor, global_batch_size=samples_per_step,
-                             tokens_per_step=tokens_per_step)  # fmt: skip
+                             tokens_per_step=tokens_per_step, measured=event["measured"], planned=event["planned"])  # fmt: skip
             first_event = False
         if main:
             metrics.write(event)
@@ -332,6 +399,7 @@ def train(cfg, run_dir: str) -> str:
                 "every step; lower optimizer.lr or use bf16"
             )
         loss_sum.zero_()
+        loss_n.zero_()
         gn_sum.zero_()
         n_micro, n_steps = 0, 0
         if stop and not last:
@@ -342,12 +410,10 @@ def train(cfg, run_dir: str) -> str:
         t_interval = time.perf_counter()  # eval and checkpoint time stay out of tokens/s
 
     ckpt = save(step)
-    # Each rank's fingerprint of its final weights: data parallel ranks must hold identical parameters.
-    digest = hashlib.sha256()
-    for name, t in sorted(acc.unwrap_model(model).state_dict().items()):
-        digest.update(name.encode())
-        digest.update(t.detach().float().cpu().contiguous().numpy().tobytes())
-    _write_json(os.path.join(run_dir, f"final_rank{rank}.json"), {"rank": rank, "step": step, "params_sha256": digest.hexdigest()})
+    # Each rank's fingerprint of the final weights: data parallel ranks must hold identical parameters. The
+    # sharded layouts gather the whole model first (params_scope says so), so every rank of every layout
+    # fingerprints the same thing and digests compare across ranks.
+    _write_json(os.path.join(run_dir, f"final_rank{rank}.json"), {"rank": rank, "step": step, **layout.digest()})
     if main:
         write_status(run_dir, state=end_state, step=step, checkpoint=ckpt, error=None)
         metrics.close()

@@ -1,0 +1,570 @@
+"""The notebook widgets, driven from Python: controls -> RunConfig, derived values, disabled options,
+validation messages, the plan chart, save/load/CLI; the dashboard on recorded and live runs (smoothing,
+the 2,000-point bound, the redraw throttle, status on failure, Stop); Compare's table; Workbench's Launch."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shlex
+import socket
+import sys
+import threading
+import time
+
+import numpy as np
+import plotly.graph_objects as go
+import pytest
+
+import workbench as wb
+import workbench.config as C
+from widgets import Compare, ConfigPanel, Dashboard, Workbench
+from widgets.config_panel import ChoiceButtons, leaf_keys
+from widgets.downsample import lttb, minmax
+from workbench.config import ConfigError, DeviceInfo
+
+CPU2 = DeviceInfo("cpu", 2, "cpu")
+H100x8 = DeviceInfo("cuda", 8, "NVIDIA H100 80GB HBM3", (9, 0))
+A100x2 = DeviceInfo("cuda", 2, "NVIDIA A100-SXM4-80GB", (8, 0))
+
+
+def reference_ema(values, w):
+    """TensorBoard's smoothing, written out independently of widgets/smoothing.py."""
+    out, last, n = [], 0.0, 0
+    for v in values:
+        last = last * w + (1 - w) * v
+        n += 1
+        out.append(last / (1 - w**n) if w else v)
+    return out
+
+
+def write_run(path, cfg, events, state="finished", **status):
+    os.makedirs(path, exist_ok=True)
+    cfg.override({"name": os.path.basename(path)}).to_yaml(os.path.join(path, "config.yaml"))
+    with open(os.path.join(path, "metrics.jsonl"), "w") as f:
+        for ev in events:
+            f.write(json.dumps(ev) + "\n")
+    with open(os.path.join(path, "status.json"), "w") as f:
+        json.dump({"state": state, **status}, f)
+    return wb.Run.attach(path)
+
+
+def events_of(n, floor=2.0, eval_every=10, ranks=2, comm=False, seed=0, lr=1e-3):
+    rng = np.random.default_rng(seed)
+    out = []
+    for s in range(1, n + 1):
+        ev = {
+            "step": s,
+            "tokens": s * 512,
+            "loss": floor + 2.0 / (1 + s / 50) + 0.05 * float(rng.standard_normal()),
+            "lr": lr * min(1.0, s / 10),
+            "grad_norm": 1.0 + 0.1 * float(rng.standard_normal()),
+            "tokens_per_s": 1000.0 + 50 * float(rng.standard_normal()),
+            "mfu": 0.1,
+            "mem_bytes": [100_000_000 + r * 1_000_000 + s for r in range(ranks)],
+            "entropy_floor": floor,
+            "time": 1_700_000_000.0 + s,
+        }
+        if comm:
+            ev["comm_bytes"] = [4 * 108288] * ranks
+        if eval_every and s % eval_every == 0:
+            ev["eval_loss"] = ev["loss"] + 0.01
+        out.append(ev)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------
+# ConfigPanel
+
+
+def test_panel_has_a_control_labelled_with_every_key(quickstart):
+    panel = ConfigPanel(quickstart, devices=CPU2)
+    keys = [k for k, _, _ in leaf_keys(quickstart)]
+    assert set(panel.controls) == set(keys)
+    for k in keys:
+        assert panel.labels[k].value == k  # widget label = config key
+    assert panel.config == quickstart
+    assert isinstance(ConfigPanel().config, wb.RunConfig)
+
+
+def test_panel_controls_build_the_runconfig(quickstart):
+    panel = ConfigPanel(quickstart, devices=CPU2)
+    panel.controls["micro_batch_size"].value = 16
+    panel.controls["grad_accum_steps"].value = 2
+    panel.controls["optimizer.lr"].value = 1e-3
+    panel.controls["model.n_layer"].value = 3
+    panel.controls["model.d_model"].value = 96
+    panel.controls["model.n_head"].value = 6
+    panel.controls["optimizer.betas"].value = "[0.8, 0.99]"
+    panel.controls["name"].value = "panel-run"
+    panel.controls["precision"].buttons["bf16"].click()
+    panel.controls["schedule.decay"].buttons["linear"].click()
+    panel.controls["parallel.num_processes"].value = 1
+    want = quickstart.override(
+        {
+            "micro_batch_size": 16,
+            "grad_accum_steps": 2,
+            "optimizer.lr": 1e-3,
+            "model.n_layer": 3,
+            "model.d_model": 96,
+            "model.n_head": 6,
+            "optimizer.betas": [0.8, 0.99],
+            "name": "panel-run",
+            "precision": "bf16",
+            "schedule.decay": "linear",
+            "parallel.num_processes": 1,
+        }
+    )
+    assert panel.config == want
+    assert panel.problems == []
+    assert not panel.launch_button.disabled
+
+
+def test_derived_values_follow_the_controls(quickstart):
+    from workbench.models import GPT, gpt_config
+
+    panel = ConfigPanel(quickstart, devices=CPU2)
+    panel.controls["micro_batch_size"].value = 16
+    panel.controls["grad_accum_steps"].value = 3
+    panel.controls["parallel.num_processes"].value = 2
+    assert panel.derived["global_batch_size"] == 16 * 3 * 2
+    assert panel.derived["tokens_per_step"] == 16 * 3 * 2 * quickstart.model.seq_len
+    assert "= <b>96</b> sequences" in panel.derived_html.value
+    # the closed form the panel shows equals the parameters of the model the worker builds
+    panel.controls["model.d_model"].value = 128
+    panel.controls["model.n_layer"].value = 3
+    cfg = panel.config
+    assert panel.derived["num_params"] == GPT(gpt_config(cfg)).num_params()
+    assert f"{panel.derived['num_params']:,}" in panel.derived_html.value
+
+
+def test_unavailable_options_are_disabled_with_the_reason(quickstart, monkeypatch):
+    panel = ConfigPanel(quickstart, devices=CPU2)
+    prec = panel.controls["precision"]
+    assert isinstance(prec, ChoiceButtons)
+    assert prec.buttons["fp8"].disabled and "compute capability >= 8.9" in prec.buttons["fp8"].tooltip
+    assert "fp8: needs an NVIDIA GPU" in panel._notes["precision"].value
+    prec.buttons["fp8"].click()  # a disabled option cannot be picked
+    assert panel.config.precision == "fp32"
+    assert not prec.buttons["bf16"].disabled
+    assert panel.controls["device"].buttons["cuda"].disabled
+    # processes: up to what this machine runs (validate() allows 2 CPU processes per core)
+    assert panel.controls["parallel.num_processes"].max == 4
+    assert "at most 4 here (2 CPU cores" in panel._notes["parallel.num_processes"].value
+    strat = panel.controls["parallel.strategy"]
+    for s in C.STRATEGIES:  # read at test time: the parallelism issue grows IMPLEMENTED_STRATEGIES
+        if s not in C.IMPLEMENTED_STRATEGIES:
+            assert strat.buttons[s].disabled and strat.reasons[s] == "not available in this version yet"
+    assert not strat.buttons["ddp"].disabled
+
+    # a strategy that is implemented but needs more processes than the config has
+    monkeypatch.setattr(C, "IMPLEMENTED_STRATEGIES", tuple(C.STRATEGIES))
+    panel.controls["parallel.num_processes"].value = 1
+    assert strat.buttons["tp"].disabled and strat.reasons["tp"] == "needs parallel.num_processes >= 2"
+    panel.controls["parallel.num_processes"].value = 2
+    assert not strat.buttons["tp"].disabled
+    assert strat.buttons["dp_tp"].disabled  # needs 4
+    # keys that only matter for another strategy are disabled, and say when they matter
+    assert panel.controls["parallel.pp_schedule"].disabled
+    assert all(b.disabled for b in panel.controls["parallel.pp_schedule"].buttons.values())
+    assert "used when parallel.strategy is pp" in panel._notes["parallel.pp_schedule"].value
+
+    # on an H100 node fp8 and cuda are available, and 8 processes
+    gpu = ConfigPanel(quickstart, devices=H100x8)
+    assert not gpu.controls["precision"].buttons["fp8"].disabled
+    assert not gpu.controls["device"].buttons["cuda"].disabled
+    assert gpu.controls["parallel.num_processes"].max == 8
+    a100 = ConfigPanel(quickstart, devices=A100x2)
+    assert a100.controls["precision"].buttons["fp8"].disabled
+    a100.controls["precision"].value = "fp8"  # forced (e.g. from a YAML file): validation says why
+    assert [p.key for p in a100.problems] == ["precision"]
+    assert a100.launch_button.disabled
+
+
+def test_validation_messages_inline_and_launch_disabled(quickstart, workdir):
+    panel = ConfigPanel(quickstart, devices=CPU2)
+    assert not panel.launch_button.disabled
+    panel.set("model.n_head", 5)  # as if loaded from a file: 64 % 5 != 0
+    assert [p.key for p in panel.problems] == ["model.n_head"]
+    assert "model.n_head: d_model 64 is not divisible by n_head 5" in panel._msgs["model.n_head"].value
+    assert panel._msgs["micro_batch_size"].value == ""
+    assert panel.launch_button.disabled
+    assert "1 problem" in panel.problems_html.value
+    with pytest.raises(ConfigError) as e:
+        _ = panel.config
+    assert "model.n_head" in str(e.value)
+    panel.controls["optimizer.betas"].value = "[0.9"  # not even a list
+    panel.controls["log_every"].value = 0
+    keys = {p.key for p in panel.problems}
+    assert keys == {"model.n_head", "optimizer.betas", "log_every"}
+    assert "optimizer.betas: write a list" in panel._msgs["optimizer.betas"].value
+    assert "log_every: must be between 1 and" in panel._msgs["log_every"].value
+    panel.controls["model.n_head"].value = 4
+    panel.controls["optimizer.betas"].value = "[0.9, 0.95]"
+    panel.controls["log_every"].value = 10
+    assert panel.problems == [] and not panel.launch_button.disabled
+    # a taken run folder stops a launch too, until overwrite (or another name) is chosen
+    os.makedirs(os.path.join("runs", quickstart.name))
+    panel.controls["seed"].value = 1
+    assert [p.key for p in panel.problems] == ["name"] and panel.launch_button.disabled
+    panel.overwrite.value = True
+    assert panel.problems == [] and not panel.launch_button.disabled
+
+
+def test_heads_offered_divide_d_model_and_sliders_never_clamp(quickstart):
+    panel = ConfigPanel(quickstart, devices=CPU2)
+    panel.controls["model.d_model"].value = 96
+    opts = panel.controls["model.n_head"].options
+    assert all(96 % h == 0 for h in opts if h != quickstart.model.n_head) and 12 in opts and 5 not in opts
+    # a loaded value beyond a slider's range widens the slider instead of being clamped
+    panel.set_config(quickstart.override({"micro_batch_size": 512, "model.n_layer": 96}))
+    assert panel.config.micro_batch_size == 512 and panel.config.model.n_layer == 96
+
+
+def test_learning_rate_slider_is_log_scale_and_never_changes_the_value_on_its_own(quickstart):
+    panel = ConfigPanel(quickstart, devices=CPU2)
+    lr = panel.controls["optimizer.lr"]
+    assert lr.slider.base == 10 and lr.slider.min <= -5 and lr.slider.max >= -1
+    # the browser snaps the slider to its step (3e-3 -> 10**-2.52) and sends that back: not a user's move
+    lr.slider.value = 10**-2.52
+    assert panel.config.optimizer.lr == 3e-3
+    # a real move of the slider sets a rounded value; typing sets the exact one
+    lr.slider.value = 10**-4
+    assert panel.config.optimizer.lr == 1e-4
+    lr.text.value = 2.5e-4
+    assert panel.config.optimizer.lr == 2.5e-4 and abs(lr.slider.value / 2.5e-4 - 1) < 0.1
+    panel.set("optimizer.lr", 3e-8)  # outside the slider's range: the range widens, the value stays
+    assert panel.config.optimizer.lr == 3e-8 and lr.slider.min <= -8
+
+
+def test_model_size_presets(quickstart):
+    panel = ConfigPanel(quickstart, devices=CPU2)
+    assert panel.preset.value == "tiny"
+    panel.preset.value = "small"
+    m = panel.config.model
+    assert (m.n_layer, m.n_head, m.d_model, m.seq_len) == (4, 4, 128, 128)
+    assert panel.derived["num_params"] > 800_000
+    panel.controls["model.n_layer"].value = 5
+    assert panel.preset.value == "custom"
+
+
+def test_save_load_yaml_and_cli_command(quickstart, workdir):
+    from workbench.cli import _load
+
+    panel = ConfigPanel(quickstart, devices=CPU2)
+    panel.controls["precision"].value = "bf16"
+    panel.controls["optimizer.lr"].value = 2.5e-4
+    panel.controls["optimizer.betas"].value = "[0.85, 0.97]"
+    panel.controls["name"].value = "from-panel"
+    panel.controls["data.path"].value = ""
+    cmd = panel.cli_command()
+    argv = shlex.split(cmd)
+    assert argv[:2] == ["workbench", "train"]
+    sets = [argv[i + 1] for i, a in enumerate(argv) if a == "--set"]
+    assert sorted(s.split("=")[0] for s in sets) == ["name", "optimizer.betas", "optimizer.lr", "precision"]
+    assert _load(argv[2], sets) == panel.config  # the command trains exactly this config
+    panel.cli_button.click()
+    assert panel.cli_text.value == cmd and "navigator.clipboard" in panel.cli_copy.value
+
+    panel.config_file.value = "mine.yaml"
+    panel.save_button.click()
+    assert wb.RunConfig.from_yaml("mine.yaml") == panel.config
+    other = ConfigPanel(devices=CPU2)
+    other.config_file.value = "mine.yaml"
+    other.load_button.click()
+    assert other.config == panel.config
+    assert "loaded" in other.file_msg.value
+    # relative to the loaded file, the same config needs no --set at all
+    assert other.cli_command() == "workbench train mine.yaml"
+    with open("bad.yaml", "w") as f:
+        f.write("model: {n_layers: 2}\n")
+    other.config_file.value = "bad.yaml"
+    other.load_button.click()
+    assert "model.n_layers" in other.file_msg.value and other.config == panel.config
+
+
+def test_plan_chart_follows_the_config(quickstart, monkeypatch):
+    panel = ConfigPanel(quickstart, devices=CPU2)
+    p = panel.plan
+    assert p is not None
+    names = [t.name for t in panel.plan_fig.data]
+    assert names == ["param_bytes", "grad_bytes", "optimizer_bytes", "master_bytes", "activation_bytes", "buffer_bytes"]
+    for t in panel.plan_fig.data:
+        assert list(t.y) == [getattr(r, t.name) for r in p.ranks]
+    assert panel.plan_fig.layout.barmode == "stack"
+    assert panel.plan_fig.layout.shapes[0].y0 == p.device_memory_bytes
+    before = panel.plan.ranks[0].activation_bytes
+    panel.controls["micro_batch_size"].value = 16
+    assert panel.plan.ranks[0].activation_bytes > before  # redrawn on the change
+    panel.controls["parallel.num_processes"].value = 1
+    assert len(panel.plan_fig.data[0].x) == 1
+    assert panel.plan_device.value == "this machine"
+    panel.plan_device.value = "h100"
+    assert "H100" in panel.plan_fig.layout.title.text
+    assert panel.plan_fig.layout.shapes[0].y0 == wb.plan(panel.config, device="h100").device_memory_bytes
+    # without the planner module the panel still works and says so
+    monkeypatch.setitem(sys.modules, "workbench.plan", None)
+    panel.controls["micro_batch_size"].value = 8
+    assert panel.plan_fig.layout.title.text == "plan unavailable" and "plan unavailable" in panel.plan_html.value
+    assert panel.config.micro_batch_size == 8
+
+
+def test_panel_updates_fast(quickstart):
+    panel = ConfigPanel(quickstart, devices=CPU2)
+    times = []
+    for v in (8, 16, 4, 32, 8, 2, 12, 8):
+        panel.controls["micro_batch_size"].value = v
+        times.append(panel.last_update_s)
+    # validation + derived values + plan + redraw of the plan chart, per change
+    assert sorted(times)[len(times) // 2] < 0.1, times
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Dashboard
+
+
+def _figs(db):
+    return [w for w in vars(db).values() if isinstance(w, go.FigureWidget)]
+
+
+def test_dashboard_draws_a_recorded_run(quickstart, workdir):
+    evs = events_of(120, comm=True)
+    run = write_run(os.path.abspath("runs/rec"), quickstart, evs, started=1_700_000_000.0, ended=1_700_000_130.0)
+    db = Dashboard(run, smoothing=0.8)
+    assert len(_figs(db)) == 6
+    raw, smooth, ev, floor = db.loss_fig.data
+    assert list(raw.x) == [e["step"] for e in evs] and list(raw.y) == [e["loss"] for e in evs]
+    assert np.allclose(smooth.y, reference_ema([e["loss"] for e in evs], 0.8))
+    assert smooth.y[0] == evs[0]["loss"]  # debiased: the curve starts where the loss starts
+    assert raw.opacity < 0.5 and smooth.opacity == 1.0  # raw points faint under the smoothed line
+    assert list(ev.x) == [e["step"] for e in evs if "eval_loss" in e]
+    assert list(floor.y) == [2.0, 2.0] and list(floor.x) == [1, 120]
+    assert [t.name for t in db.memory_fig.data] == ["rank 0", "rank 1"]
+    assert list(db.memory_fig.data[1].y) == [e["mem_bytes"][1] for e in evs]
+    assert db._comm_box.layout.display is None and len(db.comm_fig.data) == 2
+    assert np.allclose(db.throughput_fig.data[3].y, [10.0] * 120)  # MFU in %
+    assert list(db.lr_fig.data[0].y) == [e["lr"] for e in evs]
+    assert "finished" in db.status_html.value and "step 120 / 200" in db.status_html.value
+    assert "elapsed 2:10" in db.status_html.value and db.stop_button.disabled
+    db.x_axis.value = "tokens"
+    assert list(db.loss_fig.data[0].x) == [e["tokens"] for e in evs]
+    assert db.loss_fig.layout.xaxis.title.text == "tokens"
+    db.smoothing.value = 0.0
+    assert np.allclose(db.loss_fig.data[1].y, [e["loss"] for e in evs])
+    db.log_y.value = True
+    assert db.loss_fig.layout.yaxis.type == "log"
+    # the caller's Run keeps its own place in the file
+    assert len(run.new_metrics()) == 120
+
+
+def test_dashboard_bounds_points_on_a_100000_step_run(quickstart, workdir):
+    n = 100_000
+    path = os.path.abspath("runs/long")
+    os.makedirs(path)
+    quickstart.override({"name": "long", "max_steps": n}).to_yaml(os.path.join(path, "config.yaml"))
+    loss = 2 + 2 / (1 + np.arange(1, n + 1) / 1000)
+    loss[55_555] = 50.0  # one spike: min/max buckets must keep it
+    with open(os.path.join(path, "metrics.jsonl"), "w") as f:
+        for s in range(1, n + 1):
+            f.write(json.dumps({"step": s, "tokens": 512 * s, "loss": float(loss[s - 1]), "lr": 1e-3, "grad_norm": 1.0,
+                                "tokens_per_s": 1e3, "mfu": 0.1, "mem_bytes": [1, 2],
+                                **({"eval_loss": 2.5} if s % 10 == 0 else {})}) + "\n")  # fmt: skip
+    with open(os.path.join(path, "status.json"), "w") as f:
+        json.dump({"state": "finished"}, f)
+    db = Dashboard(wb.Run.attach(path))
+    lens = [len(t.x) for f in _figs(db) for t in f.data]
+    assert max(lens) == 2000 and all(n_ <= 2000 for n_ in lens)
+    raw = db.loss_fig.data[0]
+    assert max(raw.y) == 50.0 and raw.x[0] == 1 and raw.x[-1] == n
+    assert len(db.loss_fig.data[2].x) == 2000  # 10,000 eval points, downsampled too
+    assert db.last_points <= 2000 * sum(len(f.data) for f in _figs(db))
+    print(f"points sent per redraw for {n:,} steps: {db.last_points:,}")
+
+
+def test_downsamplers():
+    x = np.arange(10_000, dtype=float)
+    y = np.sin(x / 300) + (x == 4321) * 5
+    for fn in (lttb, minmax):
+        xs, ys = fn(x, y, 500)
+        assert len(xs) <= 500 and xs[0] == 0 and xs[-1] == 9999 and np.all(np.diff(xs) > 0)
+    assert minmax(x, y, 500)[1].max() == y.max()
+    xs, ys = lttb(x, np.sin(x / 300), 1000)
+    assert np.abs(np.interp(x, xs, ys) - np.sin(x / 300)).max() < 0.05  # the shape survives
+    assert len(lttb(x[:100], y[:100], 500)[0]) == 100  # short series untouched
+
+
+def test_dashboard_throttles_redraws(quickstart, workdir):
+    """A run that logs every 5 ms: at most 5 redraws a second, each carrying many events."""
+    path = os.path.abspath("runs/fast")
+    run = write_run(path, quickstart, [], state="running", supervisor_pid=os.getpid(), host=os.uname().nodename)
+    db = Dashboard(run)
+    stop = threading.Event()
+
+    def writer():
+        s = 0
+        with open(os.path.join(path, "metrics.jsonl"), "a") as f:
+            while not stop.is_set():
+                s += 1
+                f.write(json.dumps({"step": s, "tokens": s, "loss": 1.0 / s, "time": time.time()}) + "\n")
+                f.flush()
+                time.sleep(0.005)
+        return s
+
+    t = threading.Thread(target=writer)
+    t0 = time.monotonic()
+    t.start()
+    time.sleep(3.0)
+    stop.set()
+    t.join()
+    with open(os.path.join(path, "status.json"), "w") as f:
+        json.dump({"state": "finished"}, f)
+    assert db.wait(10)
+    n_events = len(run.metrics())
+    gaps = np.diff(db.redraw_times)
+    during = [r for r in db.redraw_times if r >= t0]
+    assert gaps.min() >= 0.2 - 1e-3, gaps.min()  # <= 5 redraws per second
+    assert len(during) <= 5 * (db.redraw_times[-1] - t0) + 2
+    assert n_events > 3 * len(during)  # batched: many events per redraw
+    assert len(db.loss_fig.data[0].x) == n_events  # and none lost
+
+
+def _tiny(small, name, **kw):
+    return small.override({"name": name, "max_steps": 20, "log_every": 2, "eval_every": 10, **kw})
+
+
+@pytest.mark.slow
+def test_dashboard_follows_a_live_two_process_run(small, workdir):
+    run = wb.launch(_tiny(small, "live"))
+    t0 = time.monotonic()
+    db = Dashboard(run)
+    assert time.monotonic() - t0 < 1.0  # returns at once: the kernel stays free while the run trains
+    seen = []
+    while not run.done:
+        seen.append(len(db.loss_fig.data[0].x))
+        time.sleep(0.05)
+    assert db.wait(30)
+    assert run.status == "finished", run.error
+    assert run.info["effective"]["world_size"] == 2
+    events = run.metrics()
+    assert len(db.loss_fig.data[0].x) == len(events) == 10
+    assert list(db.loss_fig.data[0].y) == [e["loss"] for e in events]
+    assert len({s for s in seen if 0 < s < 10}) >= 2, seen  # points arrived while it trained
+    assert "finished" in db.status_html.value and "2 processes" in db.status_html.value
+    assert len(db.memory_fig.data) == 2
+    gaps = np.diff(db.redraw_times)
+    assert len(gaps) == 0 or gaps.min() >= 0.2 - 1e-3
+    lat = np.array(db.latencies)
+    assert len(lat) > 0 and np.median(lat) < 1.0, lat
+    print(f"worker event -> figure: median {np.median(lat) * 1e3:.0f} ms, max {lat.max() * 1e3:.0f} ms over {len(lat)}")
+    # the same run attached afterwards (another kernel) draws the same points
+    db2 = Dashboard(wb.Run.attach(run.path))
+    assert list(db2.loss_fig.data[0].y) == list(db.loss_fig.data[0].y)
+
+
+@pytest.mark.slow
+def test_dashboard_shows_a_failed_run_and_its_error(small, workdir):
+    with open("boom_model.py", "w") as f:
+        f.write("def build(cfg):\n    raise RuntimeError('boom from the test model')\n")
+    run = wb.launch(_tiny(small, "boom", **{"model.arch": "boom_model:build"}))
+    db = Dashboard(run)
+    assert run.wait(120) == "failed"
+    assert db.wait(30)
+    assert db.status == "failed"
+    assert "failed" in db.status_html.value
+    assert "boom from the test model" in db.error_html.value
+    assert db.stop_button.disabled
+
+
+@pytest.mark.slow
+def test_stop_button_stops_the_run(small, workdir):
+    run = wb.launch(_tiny(small, "stoppable", max_steps=5000, log_every=5, eval_every=0))
+    db = Dashboard(run)
+    t0 = time.monotonic()
+    while not run.metrics() and time.monotonic() - t0 < 120:
+        time.sleep(0.1)
+    assert not db.stop_button.disabled
+    db.stop_button.click()
+    assert run.wait(120) == "stopped", run.error
+    assert db.wait(30)
+    assert "stopped" in db.status_html.value and db.stop_button.disabled
+    assert run.checkpoints()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Compare and Workbench
+
+
+def test_compare_overlays_and_sorts(quickstart, workdir):
+    a = write_run(os.path.abspath("runs/a"), quickstart, events_of(50, floor=2.0, seed=1))
+    b = write_run(
+        os.path.abspath("runs/b"), quickstart.override({"optimizer.lr": 1e-2}), events_of(80, floor=1.0, seed=2)
+    )
+    c = write_run(
+        os.path.abspath("runs/c"), quickstart.override({"grad_accum_steps": 8}), events_of(30, floor=3.0, seed=3)
+    )
+    cmp = Compare(runs_dir="runs")
+    assert [label for label, _ in cmp.picker.options] == ["a", "b", "c"]
+    assert cmp.rows == []
+    cmp.select(["a", "b", "c"])
+    assert cmp.diff_keys == ["grad_accum_steps", "optimizer.lr"]
+    assert cmp.columns[:3] == ["name", "grad_accum_steps", "optimizer.lr"]
+    assert len(cmp.loss_fig.data) == 9  # raw, smoothed, eval per run
+    finals = {r.name: r.summary()["final_loss"] for r in (a, b, c)}
+    rows = cmp.sort("final_loss")
+    assert [r["name"] for r in rows] == sorted(finals, key=finals.get)
+    rows = cmp.sort("final_loss", descending=True)
+    assert [r["name"] for r in rows] == sorted(finals, key=finals.get, reverse=True)
+    assert "final_loss &#9660;" in cmp.table_html.value
+    rows = cmp.sort("optimizer.lr")
+    assert rows[-1]["name"] == "b"
+    smoothed = cmp.loss_fig.data[4]  # run b's smoothed curve
+    assert np.allclose(smoothed.y, reference_ema([e["loss"] for e in events_of(80, floor=1.0, seed=2)], 0.6))
+    cmp.x_axis.value = "tokens"
+    assert cmp.loss_fig.data[1].x[-1] == 50 * 512
+    cmp.select([a, b])  # Run objects work too
+    assert cmp.diff_keys == ["optimizer.lr"]
+
+
+@pytest.mark.slow
+def test_workbench_launch_button_runs_and_follows(small, workdir):
+    bench = Workbench(_tiny(small, "wb-run"), devices=None)
+    assert not bench.panel.launch_button.disabled
+    bench.panel.launch_button.click()
+    run = bench.run
+    assert run is not None and bench.dashboard.run is run
+    assert run.wait(120) == "finished", run.error
+    assert bench.dashboard.wait(30)
+    assert len(bench.dashboard.loss_fig.data[0].x) == 10
+    assert "finished" in bench.dashboard.status_html.value
+    # the folder is taken now: Launch waits for another name or overwrite
+    assert bench.panel.launch_button.disabled and [p.key for p in bench.panel.problems] == ["name"]
+    bench.panel.controls["name"].value = "wb-run-2"
+    assert not bench.panel.launch_button.disabled
+    assert "wb-run" in [label for label, _ in bench.compare.picker.options]
+
+
+def test_tensorboard_button_serves_the_runs_folder(quickstart, workdir):
+    from widgets.tensorboard import TensorBoardButton, stop_tensorboard
+
+    write_run(os.path.abspath("runs/a"), quickstart, events_of(5))
+    tb = TensorBoardButton("runs")
+    try:
+        url = tb.start(wait=True)
+        assert url.startswith("http://127.0.0.1:") and tb.url == url and url in tb.link.value
+        assert tb.start() == url  # once: a second click reuses the server
+        port = int(url.rsplit(":", 1)[1].strip("/"))
+        # listening on 127.0.0.1 only
+        with socket.create_connection(("127.0.0.1", port), timeout=5):
+            pass
+    finally:
+        stop_tensorboard("runs")
+
+
+def test_failed_status_of_a_recorded_run_shows_the_error(quickstart, workdir):
+    run = write_run(os.path.abspath("runs/f"), quickstart, events_of(4), state="failed",
+                    error="rank 1 raised:\nRuntimeError: <out of memory>")  # fmt: skip
+    db = Dashboard(run)
+    assert db.status == "failed" and "failed" in db.status_html.value
+    assert "RuntimeError: &lt;out of memory&gt;" in db.error_html.value  # escaped, shown in full
+    assert not math.isnan(db.loss_fig.data[0].y[-1])

@@ -1,0 +1,472 @@
+"""Dashboard(run): live plotly figures for one run, fed from its metrics.jsonl on a background thread.
+
+    from widgets import Dashboard
+    Dashboard(run)                 # a run launched from this kernel, a finished one, or wb.Run.attach(path)
+
+How the data flows, and why:
+- A daemon thread reads the events written since its last look (``Run.new_metrics()``, a file tail) every
+  0.1 s. The kernel stays free: other cells run while the figures move. (Updates from a background thread
+  reach the browser while the kernel is idle or busy; ../shared/FACTS.md measured it.)
+- Redraws are throttled to at most 5 per second, and each redraw sends one message per figure
+  (``batch_update``): a run that logs every step does not flood the browser.
+- Each trace is downsampled to at most 2,000 points (widgets/downsample.py): smoothed lines by
+  largest-triangle-three-buckets, raw points by min/max buckets so spikes stay visible. A 100,000-step run
+  sends as many points as a 2,000-step one.
+- Smoothing is a debiased EMA (widgets/smoothing.py), computed incrementally on the full-resolution series
+  before downsampling; the raw series stays faint underneath.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+import os
+import threading
+import time
+from typing import Any
+
+import ipywidgets as W
+import numpy as np
+import plotly.graph_objects as go
+
+from widgets.downsample import MAX_POINTS, lttb, minmax
+from widgets.smoothing import EMA
+from widgets.tensorboard import TensorBoardButton
+from workbench.runs import TERMINAL, Run
+
+# scalar keys of a metric event that the dashboard draws (metrics.jsonl contract, workbench/telemetry.py)
+SCALARS = ("loss", "lr", "grad_norm", "tokens_per_s", "mfu")
+SMOOTHED = ("loss", "tokens_per_s", "mfu", "grad_norm")  # noisy series: raw faint + smoothed on top
+COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f")
+STATE_COLORS = {"running": "#1f77b4", "finished": "#2ca02c", "stopped": "#ff7f0e", "failed": "#d62728"}
+
+
+def _fmt_duration(s: float | None) -> str:
+    if s is None or not math.isfinite(s):
+        return "-"
+    s = int(round(max(0.0, s)))
+    h, rem = divmod(s, 3600)
+    m, sec = divmod(rem, 60)
+    return f"{h}:{m:02d}:{sec:02d}" if h else f"{m}:{sec:02d}"
+
+
+def _num(v: Any) -> float:
+    if v is None or isinstance(v, bool):
+        return float("nan")
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return float("nan")
+
+
+# A FigureWidget inside an ipywidgets container does not follow the container's size (plotly.py#5208: it
+# draws 700 px wide and gets clipped), so the figures have a fixed width: two side by side fit a notebook.
+FIGURE_WIDTH = 470
+
+
+def _figure(title: str, y_title: str, x_title: str = "step", secondary: str | None = None) -> go.FigureWidget:
+    layout = go.Layout(
+        title={"text": title, "x": 0.02, "font": {"size": 14}},
+        width=FIGURE_WIDTH,
+        height=270,
+        margin={"l": 60, "r": 60 if secondary else 20, "t": 40, "b": 40},
+        template="plotly_white",
+        legend={"orientation": "h", "y": 1.02, "x": 1, "xanchor": "right", "yanchor": "bottom"},
+        xaxis={"title": {"text": x_title}},
+        yaxis={"title": {"text": y_title}},
+        uirevision="keep",  # user zoom survives redraws
+    )
+    if secondary:
+        layout.yaxis2 = {"title": {"text": secondary}, "overlaying": "y", "side": "right", "showgrid": False}
+    return go.FigureWidget(layout=layout)
+
+
+def _line(name: str, color: str, raw: bool = False, yaxis: str = "y", dash: str | None = None, **kw) -> go.Scatter:
+    line = {"color": color, "width": 1 if raw else 2}
+    if dash:
+        line["dash"] = dash
+    return go.Scatter(
+        x=[], y=[], name=name, mode="lines", line=line, opacity=0.25 if raw else 1.0, yaxis=yaxis,
+        showlegend=not raw, hoverinfo="x+y+name", **kw,
+    )  # fmt: skip
+
+
+class _Store:
+    """The run's events at full resolution, column by column (the figures get downsampled copies)."""
+
+    def __init__(self) -> None:
+        self.step: list[float] = []
+        self.tokens: list[float] = []
+        self.cols: dict[str, list[float]] = {k: [] for k in SCALARS}
+        self.mem: list[list[float]] = []  # per event, one value per rank
+        self.comm: list[list[float] | None] = []
+        self.eval_step: list[float] = []
+        self.eval_tokens: list[float] = []
+        self.eval_loss: list[float] = []
+        self.times: list[float] = []  # the worker's wall-clock time of each event
+        self.entropy_floor: float | None = None
+        self.effective: dict[str, Any] | None = None
+        self.has_comm = False
+        self.ranks = 0
+
+    def add(self, ev: dict[str, Any]) -> None:
+        if "step" not in ev:
+            return
+        step = _num(ev["step"])
+        tokens = _num(ev.get("tokens"))
+        self.step.append(step)
+        self.tokens.append(tokens)
+        for k in SCALARS:
+            self.cols[k].append(_num(ev.get(k)))
+        mem = ev.get("mem_bytes")
+        mem = [_num(v) for v in mem] if isinstance(mem, list) else []
+        self.mem.append(mem)
+        self.ranks = max(self.ranks, len(mem))
+        comm = ev.get("comm_bytes")
+        if isinstance(comm, list):
+            self.comm.append([_num(v) for v in comm])
+            self.has_comm = True
+            self.ranks = max(self.ranks, len(comm))
+        else:
+            self.comm.append(None)
+        if ev.get("eval_loss") is not None:
+            self.eval_step.append(step)
+            self.eval_tokens.append(tokens)
+            self.eval_loss.append(_num(ev["eval_loss"]))
+        if ev.get("entropy_floor") is not None:
+            self.entropy_floor = _num(ev["entropy_floor"])
+        if isinstance(ev.get("effective"), dict):
+            self.effective = ev["effective"]
+        self.times.append(_num(ev.get("time")))
+
+    def __len__(self) -> int:
+        return len(self.step)
+
+
+class Dashboard(W.VBox):
+    """Live figures for one Run: loss (train, eval, entropy floor), tokens/s and MFU, memory per rank, lr,
+    grad norm, and communication bytes when the run reports them; status, elapsed time, ETA, Stop, TensorBoard.
+
+    The plotly figures are attributes (``loss_fig``, ``throughput_fig``, ``memory_fig``, ``lr_fig``,
+    ``grad_norm_fig``, ``comm_fig``). ``set_run(run)`` points the dashboard at another run.
+    """
+
+    MAX_REDRAWS_PER_S = 5.0
+    POLL_S = 0.1
+
+    def __init__(self, run: Run | str | None = None, smoothing: float = 0.6, x_axis: str = "step"):
+        self.run: Run | None = None
+        self._reader: Run | None = None
+        self._store = _Store()
+        self._ema: dict[str, EMA] = {}
+        self._lock = threading.RLock()
+        self._thread: threading.Thread | None = None
+        self._stop_follow = threading.Event()
+        self._dirty = False
+        self._max_steps: int | None = None
+        # what the tests and the closing note measure
+        self.redraw_times: list[float] = []  # monotonic time of each redraw
+        self.points_sent = 0  # points in all traces, summed over all redraws
+        self.last_points = 0  # points in all traces at the last redraw
+        self.latencies: list[float] = []  # worker wrote the event -> its point was in a redraw (seconds)
+        self._pending_times: list[float] = []
+
+        # ---- controls ----
+        self.x_axis = W.ToggleButtons(options=["step", "tokens"], value=x_axis, description="x axis")
+        self.x_axis.style.button_width = "70px"
+        self.smoothing = W.FloatSlider(
+            value=smoothing, min=0.0, max=0.99, step=0.01, description="smoothing", continuous_update=False
+        )
+        self.log_y = W.Checkbox(value=False, description="log y", indent=False)
+        self.status_html = W.HTML("<b>no run</b>")
+        self.error_html = W.HTML("")
+        self.stop_button = W.Button(description="Stop", icon="stop", button_style="warning", disabled=True)
+        self.stop_button.tooltip = "the workers finish the step, save a checkpoint and exit as stopped"
+        self.stop_button.on_click(lambda _: self.stop())
+        self.tensorboard = TensorBoardButton("runs")
+        for c in (self.x_axis, self.smoothing, self.log_y):
+            c.observe(lambda _: self.redraw(), names="value")
+
+        # ---- figures (attributes, so vars(dashboard) finds them) ----
+        self.loss_fig = _figure("loss", "loss (nats/token)")
+        self.loss_fig.add_trace(_line("loss", COLORS[0], raw=True))
+        self.loss_fig.add_trace(_line("loss (smoothed)", COLORS[0]))
+        self.loss_fig.add_trace(
+            go.Scatter(x=[], y=[], name="eval_loss", mode="lines+markers", line={"color": COLORS[1], "width": 2})
+        )
+        self.loss_fig.add_trace(_line("entropy_floor", "#555555", dash="dash"))
+        self.throughput_fig = _figure("tokens_per_s and mfu", "tokens/s", secondary="MFU (%)")
+        self.throughput_fig.add_trace(_line("tokens_per_s", COLORS[2], raw=True))
+        self.throughput_fig.add_trace(_line("tokens_per_s (smoothed)", COLORS[2]))
+        self.throughput_fig.add_trace(_line("mfu", COLORS[4], raw=True, yaxis="y2"))
+        self.throughput_fig.add_trace(_line("mfu (smoothed)", COLORS[4], yaxis="y2"))
+        self.memory_fig = _figure("mem_bytes per rank", "bytes")
+        self.memory_fig.layout.yaxis.ticksuffix = "B"
+        self.memory_fig.layout.yaxis.exponentformat = "SI"  # "100MB"; plotly would write billions as "1BB"
+        self.lr_fig = _figure("lr", "learning rate")
+        self.lr_fig.add_trace(_line("lr", COLORS[5]))
+        self.grad_norm_fig = _figure("grad_norm", "global grad norm")
+        self.grad_norm_fig.add_trace(_line("grad_norm", COLORS[3], raw=True))
+        self.grad_norm_fig.add_trace(_line("grad_norm (smoothed)", COLORS[3]))
+        self.comm_fig = _figure("comm_bytes per rank (per optimizer step)", "bytes")
+        self.comm_fig.layout.yaxis.ticksuffix = "B"
+        self.comm_fig.layout.yaxis.exponentformat = "SI"  # "100MB"; plotly would write billions as "1BB"
+        self._comm_box = W.Box([self.comm_fig], layout=W.Layout(display="none", width=f"{FIGURE_WIDTH}px"))
+
+        cell = W.Layout(width=f"{FIGURE_WIDTH}px", overflow="hidden")
+        grid = W.GridBox(
+            [
+                W.Box([self.loss_fig], layout=cell),
+                W.Box([self.throughput_fig], layout=cell),
+                W.Box([self.memory_fig], layout=cell),
+                W.Box([self.lr_fig], layout=cell),
+                W.Box([self.grad_norm_fig], layout=cell),
+                self._comm_box,
+            ],
+            layout=W.Layout(grid_template_columns=f"repeat(auto-fill, {FIGURE_WIDTH}px)", grid_gap="4px", width="100%"),
+        )
+        header = W.HBox([self.status_html, self.stop_button, self.tensorboard], layout=W.Layout(align_items="center"))
+        controls = W.HBox([self.x_axis, self.smoothing, self.log_y], layout=W.Layout(align_items="center"))
+        super().__init__([header, self.error_html, controls, grid])
+        if run is not None:
+            self.set_run(run)
+
+    # ---------------------------------------------------------------------------------------------
+    # following a run
+
+    def set_run(self, run: Run | str) -> None:
+        """Show this run (a Run or a run folder); stops following the previous one."""
+        self._stop_following()
+        if isinstance(run, str):
+            run = Run.attach(run)
+        with self._lock:
+            self.run = run
+            # A reader of our own: the caller's Run keeps its own file offset for follow()/new_metrics().
+            self._reader = Run(run.path)
+            self._store = _Store()
+            self._ema = {}
+            self._pending_times = []
+            self._max_steps = None
+            try:
+                self._max_steps = int(run.config.max_steps)
+            except Exception:
+                pass
+            self.tensorboard.runs_dir = os.path.dirname(run.path)
+            done = run.done
+            self._ingest(self._reader.new_metrics())  # what is already on disk, drawn at once
+            self.redraw()
+            self.update_status()
+        self._stop_follow = threading.Event()
+        if not done:
+            self._thread = threading.Thread(target=self._follow, args=(self._stop_follow,), daemon=True)
+            self._thread.start()
+
+    def _ingest(self, events: list[dict[str, Any]], live: bool = False) -> None:
+        for ev in events:
+            self._store.add(ev)
+            t = _num(ev.get("time"))
+            if live and math.isfinite(t):  # latency is measured only for events that arrive while we follow
+                self._pending_times.append(t)
+        if events:
+            self._dirty = True
+
+    def _follow(self, stop: threading.Event) -> None:
+        """Background thread: tail metrics.jsonl, redraw at most MAX_REDRAWS_PER_S, until the run ends."""
+        min_interval = 1.0 / self.MAX_REDRAWS_PER_S
+        last_status = 0.0
+        while not stop.is_set():
+            try:
+                done = self.run.done  # read before draining, so the last events are not missed
+                with self._lock:
+                    if stop.is_set():
+                        return
+                    self._ingest(self._reader.new_metrics(), live=True)
+                    now = time.monotonic()
+                    last = self.redraw_times[-1] if self.redraw_times else -1e9
+                    if self._dirty and now - last >= min_interval:
+                        self.redraw()
+                    if done or now - last_status >= 0.5:
+                        self.update_status()
+                        last_status = now
+                if done:
+                    if self._dirty:  # the final points, once the throttle allows
+                        time.sleep(max(0.0, min_interval - (time.monotonic() - self.redraw_times[-1])))
+                        with self._lock:
+                            if not stop.is_set():
+                                self.redraw()
+                    return
+            except Exception as e:  # a dashboard must never die silently: say what broke
+                self.error_html.value = f"<pre style='color:#d62728'>dashboard error: {html.escape(repr(e))}</pre>"
+                return
+            stop.wait(self.POLL_S)
+
+    def _stop_following(self) -> None:
+        self._stop_follow.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=5)
+        self._thread = None
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the dashboard has drawn the run's last events (True) or timeout seconds pass."""
+        if self._thread is not None:
+            self._thread.join(timeout)
+            return not self._thread.is_alive()
+        return True
+
+    def stop(self) -> None:
+        """Ask the run to stop (it saves a checkpoint and ends as "stopped")."""
+        if self.run is not None:
+            self.run.stop()
+            self.stop_button.disabled = True
+            self.stop_button.description = "Stopping..."
+
+    def close(self) -> None:
+        self._stop_following()
+        super().close()
+
+    # ---------------------------------------------------------------------------------------------
+    # drawing
+
+    def _smoothed(self, key: str) -> np.ndarray:
+        w = float(self.smoothing.value)
+        e = self._ema.get(key)
+        if e is None or e.weight != w:
+            e = self._ema[key] = EMA(w)
+        col = self._store.cols[key]
+        e.extend(col[len(e.values) :])
+        return np.asarray(e.values, dtype=float)
+
+    def redraw(self) -> None:
+        """Push the current data to the figures: one batched message per figure, each trace <= 2,000 points."""
+        with self._lock:
+            s = self._store
+            xk = self.x_axis.value
+            x = np.asarray(s.step if xk == "step" else s.tokens, dtype=float)
+            points = 0
+
+            def put(trace: Any, xs: np.ndarray, ys: np.ndarray, how: str = "lttb") -> None:
+                nonlocal points
+                ok = np.isfinite(xs) & np.isfinite(ys)
+                xs, ys = xs[ok], ys[ok]
+                xs, ys = (lttb if how == "lttb" else minmax)(xs, ys, MAX_POINTS)
+                trace.x, trace.y = xs.tolist(), ys.tolist()
+                points += len(xs)
+
+            def col(k: str) -> np.ndarray:
+                return np.asarray(s.cols[k], dtype=float)
+
+            log_type = "log" if self.log_y.value else "linear"
+            with self.loss_fig.batch_update():
+                d = self.loss_fig.data
+                put(d[0], x, col("loss"), "minmax")
+                put(d[1], x, self._smoothed("loss"))
+                ex = np.asarray(s.eval_step if xk == "step" else s.eval_tokens, dtype=float)
+                put(d[2], ex, np.asarray(s.eval_loss, dtype=float))
+                if s.entropy_floor is not None and len(x) and np.isfinite(x).any():
+                    lo, hi = float(np.nanmin(x)), float(np.nanmax(x))
+                    put(d[3], np.array([lo, hi]), np.array([s.entropy_floor] * 2))
+                else:
+                    put(d[3], np.array([]), np.array([]))
+                self.loss_fig.layout.xaxis.title.text = xk
+                self.loss_fig.layout.yaxis.type = log_type
+            with self.throughput_fig.batch_update():
+                d = self.throughput_fig.data
+                put(d[0], x, col("tokens_per_s"), "minmax")
+                put(d[1], x, self._smoothed("tokens_per_s"))
+                put(d[2], x, 100 * col("mfu"), "minmax")
+                put(d[3], x, 100 * self._smoothed("mfu"))
+                self.throughput_fig.layout.xaxis.title.text = xk
+            self._ensure_rank_traces(self.memory_fig, s.ranks)
+            with self.memory_fig.batch_update():
+                for r, trace in enumerate(self.memory_fig.data):
+                    ys = np.array([m[r] if r < len(m) else np.nan for m in s.mem], dtype=float)
+                    put(trace, x, ys, "minmax")
+                self.memory_fig.layout.xaxis.title.text = xk
+            with self.lr_fig.batch_update():
+                put(self.lr_fig.data[0], x, col("lr"))
+                self.lr_fig.layout.xaxis.title.text = xk
+            with self.grad_norm_fig.batch_update():
+                d = self.grad_norm_fig.data
+                put(d[0], x, col("grad_norm"), "minmax")
+                put(d[1], x, self._smoothed("grad_norm"))
+                self.grad_norm_fig.layout.xaxis.title.text = xk
+                self.grad_norm_fig.layout.yaxis.type = log_type
+            if s.has_comm:
+                self._ensure_rank_traces(self.comm_fig, s.ranks)
+                with self.comm_fig.batch_update():
+                    for r, trace in enumerate(self.comm_fig.data):
+                        ys = np.array([(c[r] if c and r < len(c) else np.nan) for c in s.comm], dtype=float)
+                        put(trace, x, ys, "minmax")
+                    self.comm_fig.layout.xaxis.title.text = xk
+                self._comm_box.layout.display = None
+            now = time.time()
+            self.latencies.extend(now - t for t in self._pending_times)
+            self._pending_times = []
+            self.redraw_times.append(time.monotonic())
+            self.points_sent += points
+            self.last_points = points
+            self._dirty = False
+
+    @staticmethod
+    def _ensure_rank_traces(fig: go.FigureWidget, ranks: int) -> None:
+        have = len(fig.data)
+        if have > ranks:
+            fig.data = fig.data[:ranks]
+        for r in range(have, ranks):
+            fig.add_trace(_line(f"rank {r}", COLORS[r % len(COLORS)]))
+
+    def update_status(self) -> None:
+        """Status line: state, step / max_steps, elapsed, ETA; the worker's error text when it failed."""
+        if self.run is None:
+            self.status_html.value = "<b>no run</b>"
+            return
+        state = self.run.status
+        info = self.run.info
+        s = self._store
+        step = int(s.step[-1]) if s.step else 0
+        now = time.time()
+        started = info.get("started")
+        ended = info.get("ended") or (info.get("updated") if state in TERMINAL else None)
+        elapsed = (ended or now) - started if started else None
+        eta = None
+        if state not in TERMINAL and self._max_steps and len(s.step) >= 2:
+            t0, t1 = s.times[0], s.times[-1]
+            if math.isfinite(t0) and math.isfinite(t1) and t1 > t0 and s.step[-1] > s.step[0]:
+                rate = (s.step[-1] - s.step[0]) / (t1 - t0)  # optimizer steps per second since the first log
+                eta = max(0.0, (self._max_steps - step) / rate - (now - t1))
+        color = STATE_COLORS.get(state, "#555555")
+        parts = [
+            f"<b style='color:{color}'>{html.escape(state)}</b>",
+            f"<code>{html.escape(self.run.name)}</code>",
+            f"step {step}" + (f" / {self._max_steps}" if self._max_steps else ""),
+            f"elapsed {_fmt_duration(elapsed)}",
+        ]
+        if state not in TERMINAL:
+            parts.append(f"ETA {_fmt_duration(eta)}")
+        eff = s.effective or info.get("effective")
+        if eff:
+            parts.append(f"{eff.get('world_size')} processes, {eff.get('wrapper')}, {eff.get('compute_dtype') or '?'}")
+        with self.status_html.hold_sync(), self.stop_button.hold_sync(), self.error_html.hold_sync():
+            self.status_html.value = " &middot; ".join(parts)
+            running = state not in TERMINAL
+            if not running or not os.path.exists(os.path.join(self.run.path, "STOP")):
+                self.stop_button.description = "Stop"
+            self.stop_button.disabled = not running or os.path.exists(os.path.join(self.run.path, "STOP"))
+            if state == "failed":
+                err = self.run.error or "failed (no error text)"
+                self.error_html.value = (
+                    "<pre style='color:#d62728;white-space:pre-wrap;max-height:300px;overflow:auto'>"
+                    + html.escape(err[-4000:])
+                    + "</pre>"
+                )
+            else:
+                self.error_html.value = ""
+
+    @property
+    def status(self) -> str:
+        """The state shown in the status line."""
+        return self.run.status if self.run is not None else "no run"
+
+    @property
+    def figures(self) -> dict[str, go.FigureWidget]:
+        return {k: v for k, v in vars(self).items() if isinstance(v, go.FigureWidget)}

@@ -1,0 +1,137 @@
+"""tp and dp_tp: tensor parallelism with DTensor, alone or under FSDP2 on a 2-D device mesh.
+
+Megatron's split of a transformer block, written as a DTensor plan:
+
+    attention  q, k, v  ColwiseParallel   each rank computes n_head / tp_size heads (output features sharded)
+               o        RowwiseParallel   partial outputs summed across ranks (one all-reduce)
+    MLP        fc1      ColwiseParallel   4*d_model / tp_size hidden units per rank
+               fc2      RowwiseParallel   one all-reduce
+
+so a block costs two all-reduces of the activations forward and their mirror images backward, and no rank
+ever holds a whole attention or MLP weight. The GPT's attention already views its q/k/v as
+``(B, T, -1, head_dim)``, so it works on the local heads without knowing about tensor parallelism.
+Embeddings, LayerNorms and the tied head stay replicated (plain tensors, identical on every tp rank).
+
+dp_tp puts ranks on a 2-D mesh ("dp", "tp"): tensor parallel inside a row, FSDP2 (ZeRO-3) across rows.
+It needs >= 4 processes to be both at once; with 2 the mesh is (1, 2) or (2, 1): the same code, one
+dimension of size 1 (what CI can run).
+
+The tensor-parallel ranks of a row train on one batch together: each process loads its own micro-batch
+and the row stacks them (``Layout.pool``), so the global batch is the same as in every other layout.
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from workbench.parallel.common import (
+    Layout,
+    clip_,
+    dcp_load,
+    dcp_save,
+    global_grad_norm,
+    loss_of,
+)
+
+TP_PLAN_NAMES = {
+    "attn.q": "colwise",
+    "attn.k": "colwise",
+    "attn.v": "colwise",
+    "attn.o": "rowwise",
+    "mlp.fc1": "colwise",
+    "mlp.fc2": "rowwise",
+}
+
+
+def tp_plan() -> dict[str, Any]:
+    from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel
+
+    return {k: ColwiseParallel() if v == "colwise" else RowwiseParallel() for k, v in TP_PLAN_NAMES.items()}
+
+
+class TensorParallelLayout(Layout):
+    checkpoint_format = "torch.distributed.checkpoint (sharded, one file per rank)"
+
+    def __init__(self, cfg: Any, acc: Any, model: nn.Module, make_optimizer: Any, **kw: Any) -> None:
+        from torch.distributed.device_mesh import init_device_mesh
+        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+        from torch.distributed.tensor.parallel import parallelize_module
+
+        super().__init__(cfg, acc, **kw)
+        p = cfg.parallel
+        self.strategy = p.strategy
+        self.tp = p.tp_size
+        self.dp = self.world // self.tp
+        dev = self.device.type
+        if self.strategy == "tp":
+            self.mesh = init_device_mesh(dev, (self.tp,), mesh_dim_names=("tp",))
+            tp_mesh, dp_mesh = self.mesh, None
+        else:
+            self.mesh = init_device_mesh(dev, (self.dp, self.tp), mesh_dim_names=("dp", "tp"))
+            tp_mesh, dp_mesh = self.mesh["tp"], self.mesh["dp"]
+        self.comm_group = tp_mesh.get_group()
+        model = model.to(self.device)
+        for block in model.blocks:
+            parallelize_module(block, tp_mesh, tp_plan())
+        if dp_mesh is not None:
+            # FSDP2 over the dp dimension, applied after TP (torchtitan's order): each rank holds 1/dp of its
+            # TP shard. bf16 through FSDP2's policy, as in zero2/zero3.
+            mp = MixedPrecisionPolicy()
+            if cfg.precision == "bf16":
+                mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+                self.fwd_ctx = nullcontext()  # FSDP2 casts; no autocast on top
+            for block in model.blocks:
+                fully_shard(block, mesh=dp_mesh, mp_policy=mp)
+            fully_shard(model, mesh=dp_mesh, mp_policy=mp)
+        self.model = model
+        self.optimizer = make_optimizer(model)
+
+    def _micro_step(self, x, y, last):
+        x, y = self.pool(x, y)
+        with self.fwd_ctx:
+            loss = loss_of(self.model(x, y))
+        (loss / self.accum).backward()
+        return loss.detach().float(), self._one
+
+    def eval_loss(self, x, y):
+        x, y = self.pool(x, y)
+        return super().eval_loss(x, y)
+
+    def _step(self, max_norm):
+        params = list(self.model.parameters())
+        norm = global_grad_norm(params)
+        clip_(params, max_norm, norm)
+        self.optimizer.step()
+        return norm
+
+    def wrapper_name(self) -> str:
+        base = type(self.model).__name__
+        return f"{base} (DTensor tensor parallel)" if self.strategy == "tp" else f"{base} (FSDP2 x DTensor TP)"
+
+    def extra_facts(self) -> dict[str, Any]:
+        return {"mesh": dict(zip(self.mesh.mesh_dim_names, self.mesh.shape, strict=True)), "tp_plan": TP_PLAN_NAMES}
+
+    def _state(self) -> dict[str, Any]:
+        from torch.distributed.checkpoint.state_dict import get_state_dict
+
+        model_sd, optim_sd = get_state_dict(self.model, self.optimizer)
+        return {"model": model_sd, "optimizer": optim_sd}
+
+    def save(self, path: str) -> None:
+        dcp_save(path, self._state())
+
+    def load(self, path: str) -> None:
+        from torch.distributed.checkpoint.state_dict import set_state_dict
+
+        state = self._state()
+        dcp_load(path, state)
+        set_state_dict(self.model, self.optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
+
+    def full_state_dict(self):
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        return get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True))

@@ -1,0 +1,201 @@
+"""Sweeps: a grid of configs launched as ordinary runs, and the HParams record that TensorBoard shows.
+
+    runs = wb.sweep(cfg, {"optimizer.lr": [1e-3, 3e-3], "grad_accum_steps": [1, 4]}, parallel_runs=1)
+    runs.wait()                              # or watch them: Compare(runs), Dashboard(runs[0])
+
+Each point of the grid is a run folder named by its values (``quickstart-optimizer.lr=0.001-grad_accum_steps=1``)
+under the base config's runs_dir; nothing distinguishes it from a run launched by hand. ``sweep`` validates
+every config of the grid before it starts anything, then returns at once: a background thread keeps
+``parallel_runs`` of them training until the grid is done (processes share the machine: on 2 CPU cores one
+at a time is fastest).
+
+HParams: every run writes TensorBoard's HParams summary through its own event writer (``write_hparams``,
+called by the worker), so TensorBoard's HParams dashboard lists each run with its config and its metrics.
+(Accelerate's ``init_trackers(config=...)`` puts them in a separate sub-run with no metrics linked and
+crashes on list values: ../shared/FACTS.md.)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import os
+import shutil
+import threading
+import time
+from typing import Any
+
+from workbench.config import ConfigError, Problem, RunConfig
+from workbench.runs import Run, write_status
+
+# the scalar tags the worker logs that HParams links to each run's hyper-parameters
+HPARAM_METRICS = ("loss", "eval_loss", "tokens_per_s", "mfu")
+
+
+def _value_str(v: Any) -> str:
+    if isinstance(v, (list, tuple)):
+        return ",".join(_value_str(x) for x in v)
+    if isinstance(v, float):
+        return repr(v)
+    return str(v)
+
+
+def run_name(base_name: str, point: dict[str, Any]) -> str:
+    """The folder name of one grid point: base-key=value-key=value (a valid config name, <= 128 chars)."""
+    name = "-".join([base_name] + [f"{k}={_value_str(v)}" for k, v in point.items()])
+    name = "".join(c if c.isalnum() or c in "._=,+-" else "_" for c in name)
+    if len(name) > 128:  # keep it a single safe folder name; the hash keeps grid points apart
+        digest = hashlib.sha1(name.encode()).hexdigest()[:8]
+        name = name[:119] + "-" + digest
+    return name
+
+
+def grid_points(grid: dict[str, list[Any]]) -> list[dict[str, Any]]:
+    """The cartesian product of the grid, the first key varying slowest."""
+    if not grid:
+        return [{}]
+    keys = list(grid)
+    for k in keys:
+        if not isinstance(grid[k], (list, tuple)) or not grid[k]:
+            raise ConfigError([Problem(k, f"a sweep needs a non-empty list of values for {k}, got {grid[k]!r}")])
+    return [dict(zip(keys, values, strict=True)) for values in itertools.product(*(grid[k] for k in keys))]
+
+
+def sweep_configs(base_cfg: RunConfig, grid: dict[str, list[Any]]) -> list[RunConfig]:
+    """One validated RunConfig per grid point; ConfigError listing every problem of every point."""
+    configs, problems = [], []
+    for point in grid_points(grid):
+        try:
+            cfg = base_cfg.override(point)
+        except ConfigError as e:
+            problems.extend(e.problems)
+            continue
+        cfg = cfg.override({"name": run_name(base_cfg.name, point)})
+        for p in cfg.validate():
+            problems.append(Problem(p.key, f"{p.message} (sweep run {cfg.name})"))
+        configs.append(cfg)
+    names = [c.name for c in configs]
+    if len(set(names)) != len(names):
+        problems.append(Problem("name", "two grid points give the same run name; make the grid's values distinct"))
+    if problems:
+        raise ConfigError(list(dict.fromkeys(problems)))
+    return configs
+
+
+class Sweep(list):
+    """The sweep's Runs (a list), plus ``wait()``, ``cancel()`` and ``configs``."""
+
+    def __init__(self, runs: list[Run], configs: list[RunConfig]):
+        super().__init__(runs)
+        self.configs = configs
+        self._cancel = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def wait(self, timeout: float | None = None) -> list[str]:
+        """Block until every run has ended (or timeout seconds pass); returns their statuses."""
+        t0 = time.monotonic()
+        if self._thread is not None:
+            self._thread.join(timeout)
+        while not all(r.done for r in self) and not self._cancel.is_set():
+            if timeout is not None and time.monotonic() - t0 > timeout:
+                break
+            time.sleep(0.2)
+        return [r.status for r in self]
+
+    def cancel(self) -> None:
+        """Launch no more runs, and ask the running ones to stop (they save a checkpoint)."""
+        self._cancel.set()
+        for r in self:
+            if not r.done and os.path.exists(r.path):
+                r.stop()
+
+
+def sweep(base_cfg: RunConfig, grid: dict[str, list[Any]], parallel_runs: int = 1, overwrite: bool = False) -> Sweep:
+    """Launch every point of ``grid`` (dotted key -> values) as its own run; returns their Runs at once.
+
+    At most ``parallel_runs`` train at the same time. Every config is validated, and every run folder checked,
+    before the first process starts. overwrite=True deletes the grid's existing run folders first.
+    """
+    from workbench.launch import check_launchable, launch
+
+    if not isinstance(parallel_runs, int) or parallel_runs < 1:
+        raise ConfigError([Problem("parallel_runs", f"must be a whole number >= 1, got {parallel_runs!r}")])
+    configs = sweep_configs(base_cfg, grid)
+    problems = []
+    for cfg in configs:
+        problems += [p for p in check_launchable(cfg, overwrite=overwrite) if p not in problems]
+    if problems:
+        raise ConfigError(problems)
+    if overwrite:  # now, not at each launch: a Run of a later point must not show the old folder's status
+        for cfg in configs:
+            if os.path.exists(cfg.run_dir):
+                shutil.rmtree(cfg.run_dir)
+    runs = Sweep([Run(os.path.abspath(cfg.run_dir)) for cfg in configs], configs)
+
+    def schedule() -> None:
+        # Our own handles of the launched runs: they hold the supervisor process, so a supervisor that died
+        # counts as ended, and wait() reaps it.
+        active: list[Run] = []
+
+        def busy(r: Run) -> bool:
+            # A run's status turns "finished" while its processes are still exiting; the next one starts when
+            # the supervisor (our child, which outlives the workers) has exited, so runs never share the CPU.
+            proc = getattr(r, "_process", None)
+            return proc.poll() is None if proc is not None else not r.done
+
+        for cfg, run in zip(configs, runs, strict=True):
+            while not runs._cancel.is_set() and sum(1 for r in active if busy(r)) >= parallel_runs:
+                time.sleep(0.2)
+            if runs._cancel.is_set():
+                break
+            try:
+                active.append(launch(cfg))
+            except Exception as e:  # one point that cannot start must not stop the others
+                os.makedirs(run.path, exist_ok=True)
+                cfg.to_yaml(os.path.join(run.path, "config.yaml"))
+                write_status(run.path, state="failed", error=f"sweep could not launch it: {e}")
+        for r in active:
+            r.wait()
+
+    # Not a daemon: a script that calls sweep() and returns still trains the whole grid.
+    runs._thread = threading.Thread(target=schedule, name="workbench-sweep")
+    runs._thread.start()
+    return runs
+
+
+# ---------------------------------------------------------------------------------------------------------
+# HParams
+
+
+def hparams_dict(cfg: RunConfig) -> dict[str, Any]:
+    """The config as HParams wants it: flat dotted keys, int/float/str/bool values (lists joined, None as "")."""
+    out: dict[str, Any] = {}
+
+    def walk(d: dict[str, Any], prefix: str) -> None:
+        for k, v in d.items():
+            if isinstance(v, dict):
+                walk(v, f"{prefix}{k}.")
+            elif isinstance(v, (list, tuple)):
+                out[prefix + k] = _value_str(list(v))
+            elif v is None:
+                out[prefix + k] = ""
+            else:
+                out[prefix + k] = v
+
+    walk(cfg.to_dict(), "")
+    return out
+
+
+def write_hparams(writer: Any, cfg: RunConfig, metrics: tuple[str, ...] = HPARAM_METRICS) -> None:
+    """Write TensorBoard's HParams records (experiment, session start, session end) through ``writer``, the
+    run's own SummaryWriter, so that HParams links this run's scalars to its config."""
+    from torch.utils.tensorboard.summary import hparams
+
+    exp, ssi, sei = hparams(hparams_dict(cfg), {m: 0.0 for m in metrics})
+    fw = writer.file_writer if hasattr(writer, "file_writer") else writer._get_file_writer()
+    for record in (exp, ssi, sei):
+        fw.add_summary(record)
+    writer.flush()
+
+
+__all__ = ["Sweep", "grid_points", "hparams_dict", "run_name", "sweep", "sweep_configs", "write_hparams"]
