@@ -290,8 +290,10 @@ def test_prune_reaches_the_requested_sparsity_exactly(full):
         model = ft.load_model(full.path)
         model.load_state_dict(torch.load(v.path, weights_only=True))
         for _, lin in prunable_linears(model):
-            assert int((lin.weight == 0).sum()) == round(s * lin.weight.numel())  # exact per layer
-        assert v.zeros == round(s * v.prunable) and v.sparsity == v.zeros / v.prunable == s
+            assert abs(int((lin.weight == 0).sum()) - s * lin.weight.numel()) < 1  # each layer: its share
+        # the whole: exactly round(s * N) zeros, so the sparsity is s to within half a weight
+        assert v.zeros == round(s * v.prunable) and v.sparsity == v.zeros / v.prunable
+        assert abs(v.sparsity - s) <= 0.5 / v.prunable
     accs = [v.metrics["accuracy"] for v in report.variants]
     assert accs[-1] < accs[0]  # 90% of the weights gone costs accuracy
     with pytest.raises(ValueError, match="sparsity"):

@@ -282,6 +282,13 @@ def test_save_load_yaml_and_cli_command(quickstart, workdir):
     other.config_file.value = "bad.yaml"
     other.load_button.click()
     assert "model.n_layers" in other.file_msg.value and other.config == panel.config
+    with open("words.yaml", "w") as f:
+        f.write("max_steps: ten\n")
+    other.config_file.value = "words.yaml"
+    other.load_button.click()
+    assert "not loaded" in other.file_msg.value and "max_steps: must be a whole number" in other.file_msg.value
+    assert other.config == panel.config
+    assert ConfigPanel("mine.yaml", devices=CPU2).cli_command() == "workbench train mine.yaml"
 
 
 def test_plan_chart_follows_the_config(quickstart, monkeypatch):

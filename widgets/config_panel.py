@@ -241,6 +241,7 @@ class ConfigPanel(W.VBox):
     """
 
     def __init__(self, config: RunConfig | str | None = None, devices: DeviceInfo | None = None):
+        self.yaml_path: str | None = config if isinstance(config, str) else None  # base of the CLI command
         if isinstance(config, str):
             config = RunConfig.from_yaml(config)
         self._base = config or RunConfig()
@@ -260,7 +261,6 @@ class ConfigPanel(W.VBox):
         self.derived: dict[str, Any] = {}
         self.unavailable: dict[str, dict[str, str]] = {}
         self.last_update_s = 0.0  # how long the last control change took to update the whole panel
-        self.yaml_path: str | None = config if isinstance(config, str) else None
 
         from workbench.models.gpt import gpt_flops_per_token, gpt_num_params  # closed forms, no model built
 
@@ -791,9 +791,17 @@ class ConfigPanel(W.VBox):
         except ConfigError as e:
             self.file_msg.value = f"<pre style='color:#d62728'>{html.escape(str(e))}</pre>"
             return None
+        previous = self._base
+        try:
+            self.set_config(cfg)
+        except (traitlets.TraitError, TypeError, ValueError):
+            # a value no control can hold (a word where a number goes): say which, keep the current config
+            self.set_config(previous)
+            probs = "\n".join(str(p) for p in cfg.validate(self.devices)) or "a value has the wrong type"
+            self.file_msg.value = f"<pre style='color:#d62728'>not loaded:\n{html.escape(probs)}</pre>"
+            return None
         self.yaml_path = path
         self.config_file.value = path
-        self.set_config(cfg)
         self.file_msg.value = f"loaded <code>{html.escape(path)}</code>"
         return cfg
 

@@ -217,19 +217,27 @@ def prunable_linears(model: nn.Module) -> list[tuple[str, nn.Linear]]:
 def magnitude_prune(model: nn.Module, sparsity: float) -> tuple[int, int]:
     """Zero the smallest-|w| weights of each block Linear with torch.nn.utils.prune; returns (zeros, total).
 
-    Per layer, by an integer count round(sparsity * n) so the sparsity reached is exact up to one weight
-    per layer (a float amount would be rounded the same way, silently). prune.remove then folds the mask
-    into the weight, leaving an ordinary module with exact zeros."""
+    Each layer loses its own share (per-layer L1, so a layer with smaller weights is not emptied first),
+    counted in whole weights: floor(sparsity * n) per layer, then the leftover weights of round(sparsity * N)
+    to the layers with the largest remainders. So the model reaches exactly round(sparsity * N) zeros and
+    every layer is within one weight of the request (a float amount would round each layer on its own and
+    miss the total by up to one weight a layer). prune.remove folds the mask into the weight: an ordinary
+    module with exact zeros."""
     from torch.nn.utils import prune
 
-    zeros = total = 0
-    for _, lin in prunable_linears(model):
-        n = lin.weight.numel()
-        prune.l1_unstructured(lin, "weight", amount=int(round(sparsity * n)))
+    layers = [lin for _, lin in prunable_linears(model)]
+    sizes = [lin.weight.numel() for lin in layers]
+    want = [sparsity * n for n in sizes]
+    counts = [int(w) for w in want]
+    leftover = int(round(sparsity * sum(sizes))) - sum(counts)
+    for i in sorted(range(len(layers)), key=lambda i: counts[i] - want[i])[:leftover]:
+        counts[i] += 1
+    zeros = 0
+    for lin, k in zip(layers, counts, strict=True):
+        prune.l1_unstructured(lin, "weight", amount=k)
         prune.remove(lin, "weight")
         zeros += int((lin.weight == 0).sum())
-        total += n
-    return zeros, total
+    return zeros, sum(sizes)
 
 
 def _zeros(model: nn.Module) -> tuple[int, int]:
