@@ -249,7 +249,7 @@ def test_activation_checkpointing_same_trajectory_less_saved(runner, reference, 
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "layout,precision",
-    [("zero1", "fp16"), ("zero3", "bf16"), ("tp", "bf16"), ("pp_1f1b", "bf16"), ("ps", "bf16"), ("dp_tp", "bf16")],
+    [("zero1", "fp16"), ("zero3", "bf16"), ("tp", "bf16"), ("pp_1f1b", "bf16"), ("ps", "bf16")],
 )
 def test_mixed_precision_per_layout(runner, reference, layout, precision):
     """Short runs (6 steps, all inside the warm-up, so the lr matches the 20-step reference's)."""

@@ -254,6 +254,9 @@ class Dashboard(W.VBox):
             self.tensorboard.runs_dir = os.path.dirname(run.path)
             done = run.done
             self._ingest(self._reader.new_metrics())  # what is already on disk, drawn at once
+            floor = run.info.get("entropy_floor")  # the worker also records it in status.json
+            if self._store.entropy_floor is None and isinstance(floor, (int, float)):
+                self._store.entropy_floor = float(floor)
             self.redraw()
             self.update_status()
         self._stop_follow = threading.Event()
@@ -272,9 +275,11 @@ class Dashboard(W.VBox):
 
     def _follow(self, stop: threading.Event) -> None:
         """Background thread: tail metrics.jsonl, redraw at most MAX_REDRAWS_PER_S, until the run ends."""
-        min_interval = 1.0 / self.MAX_REDRAWS_PER_S
         last_status = 0.0
         while not stop.is_set():
+            # Once the traces are downsampled, a new event moves the picture by less than a pixel: redraw once
+            # a second then, not 5 times (each redraw resends every trace: up to ~19k points on a long run).
+            min_interval = 1.0 / self.MAX_REDRAWS_PER_S if len(self._store) <= MAX_POINTS else 1.0
             try:
                 done = self.run.done  # read before draining, so the last events are not missed
                 with self._lock:
