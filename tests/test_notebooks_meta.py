@@ -33,4 +33,6 @@ def test_tutorial_shape(path):
     assert md and "what you will learn" in md[0].source.lower()
     assert "what you saw" in md[-1].source.lower()
     assert any(re.search(r"^\s*assert ", c.source, re.M) for c in code), "a claim must be asserted in code"
-    assert "widgets" not in nb.metadata or not nb.metadata["widgets"].get("application/vnd.jupyter.widget-state+json", {}).get("state")
+    assert "widgets" not in nb.metadata or not nb.metadata["widgets"].get(
+        "application/vnd.jupyter.widget-state+json", {}
+    ).get("state")

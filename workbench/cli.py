@@ -71,6 +71,11 @@ def print_summary(run: Run) -> None:
     floor = run.info.get("entropy_floor")
     if floor is not None:
         print(f"  entropy floor     {floor:.4f} (the best any model can do on this data)")
+    ms = run.metrics()
+    if ms and "test_accuracy" in ms[-1]:  # task.kind classify
+        ceiling = ms[0].get("bayes_accuracy")
+        print(f"  test accuracy     {ms[-1]['test_accuracy']:.4f}, F1 {ms[-1]['test_f1']:.4f} (chance "
+              f"{ms[0].get('chance_accuracy', 0):.2f}" + (f", Bayes-optimal {ceiling:.4f})" if ceiling else ")"))  # fmt: skip
     if s["tokens_per_s"]:
         print(f"  tokens/s          {s['tokens_per_s']:.0f}")
     if s["mfu"] is not None:

@@ -301,9 +301,7 @@ def _detect_devices() -> DeviceInfo:
 
             if torch.cuda.is_available():
                 n = torch.cuda.device_count()
-                return DeviceInfo(
-                    "cuda", n, torch.cuda.get_device_name(0), tuple(torch.cuda.get_device_capability(0))
-                )
+                return DeviceInfo("cuda", n, torch.cuda.get_device_name(0), tuple(torch.cuda.get_device_capability(0)))
         except Exception:
             pass
     return DeviceInfo("cpu", os.cpu_count() or 1, "cpu")
@@ -729,13 +727,17 @@ def _source_run(cfg: RunConfig, key: str, path: Any, P: list[Problem]) -> RunCon
     if os.path.abspath(path) == os.path.abspath(cfg.run_dir):
         P.append(Problem(key, f"{path!r} is this run's own folder; give another run, or change name"))
         return None
-    if model_checkpoint(path) is None:
-        P.append(Problem(key, f"{path!r} holds no checkpoint with model weights yet; let that run finish first"))
-        return None
     try:
         src = RunConfig.from_yaml(os.path.join(path, "config.yaml"))
     except ConfigError as e:
         P.append(Problem(key, f"cannot read {path!r}'s config: {e.problems[0]}"))
+        return None
+    if model_checkpoint(path) is None:
+        if os.path.isdir(os.path.join(path, "checkpoints")) and os.listdir(os.path.join(path, "checkpoints")):
+            P.append(Problem(key, f"{path!r} trained with parallel.strategy {src.parallel.strategy}, whose sharded "
+                             "checkpoints hold no model.safetensors; start from a run trained with ddp"))  # fmt: skip
+        else:
+            P.append(Problem(key, f"{path!r} holds no checkpoint with model weights yet; let that run finish first"))
         return None
     if src.model.arch != "gpt":
         P.append(Problem(key, f"{path!r} trained model.arch {src.model.arch!r}; only gpt runs can be loaded"))

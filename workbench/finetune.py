@@ -35,7 +35,7 @@ from torch.utils.data import Dataset, TensorDataset
 
 from workbench.config import LORA_TARGETS, RunConfig, model_checkpoint
 from workbench.data.synthetic import MarkovChain
-from workbench.models.gpt import GPT, GPTConfig
+from workbench.models.gpt import GPT, GPTConfig, gpt_flops_per_token
 
 if TYPE_CHECKING:
     from workbench.runs import Run
@@ -149,9 +149,9 @@ def dataset(cfg: RunConfig, split: str) -> Dataset:
 
     if cfg.task.kind == "lm":
         return build_dataset(cfg, "eval" if split in ("validation", "test") else split)
-    split = "validation" if split == "eval" else split
     if is_import_string(cfg.data.source):  # your own labelled data: build(cfg, split) -> Dataset of (x, label)
-        return load_factory(cfg.data.source)(cfg, split)
+        return load_factory(cfg.data.source)(cfg, split)  # split: train, eval or test
+    split = "validation" if split == "eval" else split
     x, y = task_arrays(cfg, split)
     return TensorDataset(torch.from_numpy(x), torch.from_numpy(y))
 
@@ -202,6 +202,12 @@ class GPTClassifier(GPT):
         logits = self.score(self.features(idx).mean(dim=1))
         loss = None if labels is None else F.cross_entropy(logits.float(), labels)
         return logits, loss
+
+    def flops_per_token(self) -> int:
+        """As GPT's, without the token table: here it only embeds (a lookup), it no longer un-embeds."""
+        c = self.cfg
+        n = self.num_params(non_embedding=True) - self.tok_emb.weight.numel()
+        return gpt_flops_per_token(n, c.n_layer, c.n_head, c.d_model, c.seq_len)
 
 
 def bare_model(cfg: RunConfig) -> nn.Module:

@@ -147,7 +147,9 @@ def _explain_failure(run_dir: str, rc: int) -> str:
     except OSError:
         tail = ""
     m = _FAILED_RANK.search(tail[tail.find("Root Cause") :] if "Root Cause" in tail else tail)
-    if m and int(m.group(2)) < 0:
+    # SIGTERM is what torchelastic sends the survivors once another rank failed: when a rank also left a
+    # traceback, that traceback is the cause, not the SIGTERM.
+    if m and int(m.group(2)) < 0 and not (int(m.group(2)) == -signal.SIGTERM and errors):
         rank, code = int(m.group(1)), int(m.group(2))
         try:
             sig = signal.Signals(-code).name

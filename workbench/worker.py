@@ -105,7 +105,13 @@ def train(cfg, run_dir: str) -> str:
     from workbench.measure import FirstStepMeter, planned
     from workbench.models import build_model, flops_per_token
     from workbench.runs import write_status
-    from workbench.telemetry import MetricsWriter, cpu_peak_flops, gpu_peak_flops, peak_memory_bytes, tensorboard_scalars
+    from workbench.telemetry import (
+        MetricsWriter,
+        cpu_peak_flops,
+        gpu_peak_flops,
+        peak_memory_bytes,
+        tensorboard_scalars,
+    )
 
     device_kind = effective_device(cfg)
     on_cpu = device_kind == "cpu"
