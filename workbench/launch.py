@@ -147,9 +147,11 @@ def _explain_failure(run_dir: str, rc: int) -> str:
     except OSError:
         tail = ""
     m = _FAILED_RANK.search(tail[tail.find("Root Cause") :] if "Root Cause" in tail else tail)
-    # SIGTERM is what torchelastic sends the survivors once another rank failed: when a rank also left a
-    # traceback, that traceback is the cause, not the SIGTERM.
-    if m and int(m.group(2)) < 0 and not (int(m.group(2)) == -signal.SIGTERM and errors):
+    if m and m.group(1) in errors:
+        # The root-cause rank left a traceback: that is the cause, even when torchelastic reports it as killed
+        # (it SIGTERMs, then SIGKILLs, ranks still unwinding once another one failed).
+        return f"rank {m.group(1)} raised:\n{errors[m.group(1)][1]}"
+    if m and int(m.group(2)) < 0:
         rank, code = int(m.group(1)), int(m.group(2))
         try:
             sig = signal.Signals(-code).name
@@ -159,8 +161,6 @@ def _explain_failure(run_dir: str, rc: int) -> str:
             f"rank {rank} died ({sig}); the other ranks were shut down. Killed from outside, or by the kernel's "
             "out-of-memory killer (check `dmesg`); metrics and checkpoints written before it are kept."
         )
-    if m and m.group(1) in errors:
-        return f"rank {m.group(1)} raised:\n{errors[m.group(1)][1]}"
     if errors:
         rank, (_, text) = min(errors.items(), key=lambda kv: kv[1][0])  # the first to fail is the cause
         return f"rank {rank} raised:\n{text}"

@@ -365,8 +365,9 @@ def train(cfg, run_dir: str) -> str:
             comm_probe = None
         event.update(comm_event or {})
         event.update(layout.extra_metrics())  # e.g. the pipeline's bubble and measured idle time per stage
-        if scaler is not None:
-            event["loss_scale"] = float(scaler.get_scale())
+        amp_scaler = scaler if scaler is not None else getattr(acc, "scaler", None)  # CPU's own, or CUDA fp16's
+        if amp_scaler is not None:
+            event["loss_scale"] = float(amp_scaler.get_scale())
         if floor is not None:
             event["entropy_floor"] = floor
         if eval_due:
@@ -399,9 +400,9 @@ def train(cfg, run_dir: str) -> str:
                 f"the training loss became {loss_v} at step {step} (precision {cfg.precision}, "
                 f"optimizer.lr {cfg.optimizer.lr}); lower optimizer.lr, keep optimizer.grad_clip on, or use bf16/fp32"
             )
-        if scaler is not None and scaler.get_scale() < 2.0**-10:
+        if amp_scaler is not None and amp_scaler.get_scale() < 2.0**-10:
             raise TrainingDiverged(
-                f"fp16 loss scale collapsed to {scaler.get_scale():.3g} at step {step}: gradients overflow at "
+                f"fp16 loss scale collapsed to {amp_scaler.get_scale():.3g} at step {step}: gradients overflow at "
                 "every step; lower optimizer.lr or use bf16"
             )
         loss_sum.zero_()
