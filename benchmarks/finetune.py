@@ -7,7 +7,8 @@
    (DDP), the same budget each: full, frozen backbone + head, LoRA (r 8 on q k v o fc1 fc2), and the same
    classifier from scratch (no pretraining) for reference.
 3. Distillation: a 1-layer, 32-wide student with and without the full fine-tune as teacher (alpha 0.9,
-   T 2), on the full training set and on 128 sequences (the data-limited regime), same steps each.
+   T 2), on the full training set and on 128 sequences (the data-limited regime), same steps and
+   processes each.
 4. Compression and deployment of the full fine-tune: dynamic int8, magnitude pruning at 50% and 90%, and
    the ONNX export run by onnxruntime.
 
@@ -108,7 +109,7 @@ def main() -> None:
         rows.append((label, training_figures(run)))
     teacher = runs["full fine-tune"]
 
-    small = {"model.n_layer": 1, "model.d_model": 32, "model.n_head": 2, "parallel.num_processes": 1}
+    small = {"model.n_layer": 1, "model.d_model": 32, "model.n_head": 2}
     kd = {"distill.teacher": teacher.path, "distill.alpha": 0.9, "distill.temperature": 2.0}
     for data_label, data in (("", {}), (", 128 sequences", {"data.num_sequences": 128})):
         for label, extra in (("student alone", {}), ("distilled student", kd)):
@@ -151,7 +152,7 @@ def main() -> None:
 
     bayes = ft.bayes_accuracy(cfg)
     print(f"\npretrained {args.pretrain_steps} steps; fine-tunes {args.steps} steps of {task.global_batch_size} sequences, "
-          f"2 processes (students: 1); test split 1024 sequences, chance 0.5, Bayes-optimal {bayes:.4f}; "
+          f"2 processes; test split 1024 sequences, chance 0.5, Bayes-optimal {bayes:.4f}; "
           f"latency: batch 8, {torch.get_num_threads()} thread(s)\n")  # fmt: skip
     print("| method | trainable params | params+grads+optimizer / rank | peak RSS / rank | tokens/s | accuracy | F1 | size on disk | latency |")  # fmt: skip
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")

@@ -96,9 +96,6 @@ class Layout:
         pass
 
     # ---- what is in effect ----
-    def parameters(self) -> Iterable[nn.Parameter]:
-        return self.model.parameters()
-
     def facts(self) -> dict[str, Any]:
         """This rank's layout as it really is: wrapper, optimizer, parameter types, placements, local shapes."""
         from torch.distributed.tensor import DTensor
