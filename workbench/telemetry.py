@@ -162,9 +162,10 @@ def tensorboard_scalars(event: dict[str, Any]) -> dict[str, float]:
             continue
         if isinstance(v, (int, float)) and math.isfinite(v):
             out[k] = float(v)
-        elif k == "mem_bytes" and isinstance(v, list):
-            for i, x in enumerate(v):
-                out[f"mem_bytes/rank{i}"] = float(x)
+        elif isinstance(v, list) and v and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v):
+            for i, x in enumerate(v):  # per-rank lists: mem_bytes, comm_bytes, idle_fraction, ...
+                if math.isfinite(x):
+                    out[f"{k}/rank{i}"] = float(x)
     return out
 
 
