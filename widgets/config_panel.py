@@ -34,6 +34,7 @@ import yaml
 
 import workbench.config as C
 from workbench.config import ConfigError, DeviceInfo, Problem, RunConfig
+from workbench.plan import MEMORY_FIELDS  # the names the plan and the worker's measurement share
 
 # keys whose value is one of a fixed tuple in workbench/config.py (read at runtime: other issues extend them)
 CHOICES = {
@@ -312,7 +313,7 @@ class ConfigPanel(W.VBox):
                 legend={"orientation": "h", "y": -0.2},
             )
         )
-        for name in MEMORY_FIELD_NAMES:
+        for name in MEMORY_FIELDS:
             self.plan_fig.add_bar(x=[], y=[], name=name)
         self.plan_html = W.HTML()
 
@@ -851,14 +852,3 @@ def _fmt_bytes(n: float | None) -> str:
             return "-" + s if neg else s
         n /= 1024
     return str(n)
-
-
-# the memory fields of names.md, in the order the bars stack (the plan and the worker use the same names)
-MEMORY_FIELD_NAMES = (
-    "param_bytes",
-    "grad_bytes",
-    "optimizer_bytes",
-    "master_bytes",
-    "activation_bytes",
-    "buffer_bytes",
-)

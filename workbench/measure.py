@@ -17,7 +17,6 @@ Counting rules, so that every layout counts right:
 
 from __future__ import annotations
 
-import sys
 from typing import Any
 
 import torch
@@ -182,12 +181,6 @@ class SavedTensorsMeter:
         self._ctx = torch.autograd.graph.saved_tensors_hooks(self._pack, self._unpack)
 
     def _pack(self, t: torch.Tensor) -> Any:
-        # Only the innermost saved_tensors_hooks run. A layout's own counter (workbench.parallel.checkpointing
-        # .SavedActivations) may be active around this one: hand it the tensor too, so both count.
-        outer = sys.modules.get("workbench.parallel.checkpointing")
-        active = getattr(outer, "_ACTIVE", None)
-        if active:
-            active[-1]._pack(t)
         local = local_tensor(t)
         if _is_parameter(t) or _is_parameter(local):
             return _Held(self, None, t)

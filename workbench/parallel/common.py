@@ -256,3 +256,36 @@ def dcp_load(path: str, state: dict[str, Any]) -> None:
     import torch.distributed.checkpoint as dcp
 
     dcp.load(state, checkpoint_id=os.path.join(path, "dcp"))
+
+
+class DCPCheckpoint:
+    """save/load/full_state_dict for layouts whose model is made of DTensors (FSDP2, tensor parallel).
+
+    torch.distributed.checkpoint writes each rank's shards and reloads them into the same layout;
+    ``get_state_dict`` gives the model and optimizer state in the sharded form DCP expects.
+    """
+
+    model: nn.Module
+    optimizer: Any
+
+    def _state(self) -> dict[str, Any]:
+        from torch.distributed.checkpoint.state_dict import get_state_dict
+
+        model_sd, optim_sd = get_state_dict(self.model, self.optimizer)
+        return {"model": model_sd, "optimizer": optim_sd}
+
+    def save(self, path: str) -> None:
+        dcp_save(path, self._state())
+
+    def load(self, path: str) -> None:
+        from torch.distributed.checkpoint.state_dict import set_state_dict
+
+        state = self._state()
+        dcp_load(path, state)
+        set_state_dict(self.model, self.optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
+
+    def full_state_dict(self):
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        # Gathers every shard on every rank: the same names and values DDP's state_dict() would give.
+        return get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True))

@@ -30,10 +30,9 @@ import torch.nn as nn
 
 from workbench.parallel.checkpointing import find_blocks
 from workbench.parallel.common import (
+    DCPCheckpoint,
     Layout,
     clip_,
-    dcp_load,
-    dcp_save,
     global_grad_norm,
     loss_of,
 )
@@ -106,7 +105,7 @@ class Zero1Layout(Layout):
         self.optimizer.load_state_dict(state["optimizer"])  # each rank keeps its own share
 
 
-class FSDPLayout(Layout):
+class FSDPLayout(DCPCheckpoint, Layout):
     """ZeRO-2 / ZeRO-3 with FSDP2: every parameter becomes a DTensor sharded on dim 0 across the ranks."""
 
     checkpoint_format = "torch.distributed.checkpoint (sharded, one file per rank)"
@@ -150,25 +149,3 @@ class FSDPLayout(Layout):
 
     def extra_facts(self) -> dict[str, Any]:
         return {"reshard_after_forward": self.reshard_after_forward, "mesh": {"dp": self.world}}
-
-    def _state(self) -> dict[str, Any]:
-        from torch.distributed.checkpoint.state_dict import get_state_dict
-
-        model_sd, optim_sd = get_state_dict(self.model, self.optimizer)
-        return {"model": model_sd, "optimizer": optim_sd}
-
-    def save(self, path: str) -> None:
-        dcp_save(path, self._state())
-
-    def load(self, path: str) -> None:
-        from torch.distributed.checkpoint.state_dict import set_state_dict
-
-        state = self._state()
-        dcp_load(path, state)
-        set_state_dict(self.model, self.optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
-
-    def full_state_dict(self):
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-
-        # Gathers every shard on every rank: the same names and values DDP's state_dict() would give.
-        return get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True))

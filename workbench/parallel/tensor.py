@@ -29,10 +29,9 @@ import torch
 import torch.nn as nn
 
 from workbench.parallel.common import (
+    DCPCheckpoint,
     Layout,
     clip_,
-    dcp_load,
-    dcp_save,
     global_grad_norm,
     loss_of,
 )
@@ -53,7 +52,7 @@ def tp_plan() -> dict[str, Any]:
     return {k: ColwiseParallel() if v == "colwise" else RowwiseParallel() for k, v in TP_PLAN_NAMES.items()}
 
 
-class TensorParallelLayout(Layout):
+class TensorParallelLayout(DCPCheckpoint, Layout):
     checkpoint_format = "torch.distributed.checkpoint (sharded, one file per rank)"
 
     def __init__(self, cfg: Any, acc: Any, model: nn.Module, make_optimizer: Any, **kw: Any) -> None:
@@ -114,24 +113,3 @@ class TensorParallelLayout(Layout):
 
     def extra_facts(self) -> dict[str, Any]:
         return {"mesh": dict(zip(self.mesh.mesh_dim_names, self.mesh.shape, strict=True)), "tp_plan": TP_PLAN_NAMES}
-
-    def _state(self) -> dict[str, Any]:
-        from torch.distributed.checkpoint.state_dict import get_state_dict
-
-        model_sd, optim_sd = get_state_dict(self.model, self.optimizer)
-        return {"model": model_sd, "optimizer": optim_sd}
-
-    def save(self, path: str) -> None:
-        dcp_save(path, self._state())
-
-    def load(self, path: str) -> None:
-        from torch.distributed.checkpoint.state_dict import set_state_dict
-
-        state = self._state()
-        dcp_load(path, state)
-        set_state_dict(self.model, self.optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
-
-    def full_state_dict(self):
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-
-        return get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True))
