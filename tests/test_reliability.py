@@ -174,7 +174,6 @@ def test_killed_rank_fails_fast_and_keeps_metrics(workdir, small):
     while len(_worker_pids(run)) < 2 and time.time() - t0 < 30:
         time.sleep(0.1)
     kept = run.metrics()
-    victim = json.load(open(os.path.join(run.path, "status.json")))  # noqa: F841 (for debugging)
     pids = _worker_pids(run)
     rank1 = int(open(os.path.join(run.path, ".rank1.pid")).read())
     os.kill(rank1, signal.SIGKILL)

@@ -6,7 +6,6 @@ import argparse
 import os
 import subprocess
 import sys
-import time
 
 from workbench.config import ConfigError, RunConfig
 from workbench.runs import Run, list_runs
@@ -321,10 +320,7 @@ def main(argv: list[str] | None = None) -> int:
     pr.set_defaults(fn=cmd_prune)
 
     args = p.parse_args(argv)
-    t0 = time.time()
-    rc = args.fn(args)
-    del t0
-    return rc
+    return args.fn(args)
 
 
 if __name__ == "__main__":

@@ -104,7 +104,7 @@ def train(cfg, run_dir: str) -> str:
     from workbench.data import entropy_floor
     from workbench.measure import FirstStepMeter, planned
     from workbench.models import build_model, flops_per_token
-    from workbench.runs import write_status
+    from workbench.runs import read_status, write_status
     from workbench.telemetry import (
         MetricsWriter,
         cpu_peak_flops,
@@ -121,8 +121,6 @@ def train(cfg, run_dir: str) -> str:
     mixed = {"fp32": "no", "bf16": "bf16", "fp16": "fp16", "fp8": "fp8"}[cfg.precision]
     if native_fp16:
         mixed = "no"
-    from workbench.runs import read_status
-
     resume = bool(read_status(run_dir).get("resume"))  # no status.json: started by hand or by scale-out
 
     acc = Accelerator(
