@@ -27,8 +27,9 @@ lint: dev
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
+# The venv's bin on PATH: tests and notebooks call the `workbench` and `accelerate` commands, as a user would.
 test: lint
-	$(BIN)/python -m pytest -q tests --nbval-lax notebooks
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -q tests --nbval-lax notebooks
 
 format: dev
 	$(BIN)/ruff check --fix .
