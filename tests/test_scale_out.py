@@ -49,3 +49,23 @@ def test_one_machine_command_really_trains_here(workdir):
     assert [e["step"] for e in events] == [5, 10]
     assert events[0]["effective"]["world_size"] == 2 and events[0]["effective"]["backend"] == "gloo"
     assert os.path.isdir("so/checkpoints/step_10")
+
+
+def test_slurm_script_survives_a_long_node_list(workdir, quickstart, tmp_path):
+    """`scontrol ... | head -n 1` under `set -o pipefail` exits 141 (SIGPIPE) when the node list is long."""
+    s = scale_out(quickstart, machines=2, gpus_per_machine=8, out_dir="out")
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    bodies = {
+        "scontrol": 'for i in $(seq 1 3000); do echo "gpu-node-$i"; done',
+        "srun": 'for i in 0 1; do SLURM_NODEID=$i "$@" || exit $?; done',
+        "accelerate": 'echo accelerate "$@"',
+    }
+    for name, body in bodies.items():
+        (fake / name).write_text("#!/usr/bin/env bash\n" + body + "\n")
+        (fake / name).chmod(0o755)
+    env = dict(os.environ, PATH=f"{fake}:{os.environ['PATH']}", SLURM_JOB_NODELIST="gpu-node-[1-3000]")
+    for _ in range(5):
+        p = subprocess.run(["bash", s.slurm_path], capture_output=True, text=True, timeout=60, env=env)
+        assert p.returncode == 0, (p.returncode, p.stderr[-500:])
+        assert p.stdout.count("--main_process_ip gpu-node-1 ") == 2, p.stdout

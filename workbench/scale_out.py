@@ -9,7 +9,8 @@ The workbench does not grow its own cluster launcher. For M machines with G GPUs
 
 and the same as a Python object (`ScaleOut`). On CPU machines (device cpu) the command is prefixed with
 ACCELERATE_USE_CPU=1 and keeps `distributed_type: MULTI_GPU`: a config file saying MULTI_CPU, or
-`use_cpu: true`, makes `accelerate launch` start ONE process (../shared/FACTS.md).
+`use_cpu: true`, makes `accelerate launch` start ONE process (measured with accelerate 1.15: the CPU path
+fans out only through mpirun).
 """
 
 from __future__ import annotations
@@ -122,7 +123,10 @@ def scale_out(
 #SBATCH --output={out_dir}/slurm-%j.out
 # One task per node; each runs `accelerate launch`, which starts {gpus_per_machine} processes on its node.
 set -euo pipefail
-MAIN_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)
+# The first host is the rendezvous. Read the whole list, then cut: `scontrol ... | head -n 1` under pipefail
+# dies with SIGPIPE (exit 141) whenever scontrol is still writing a long list when head exits.
+NODES=$(scontrol show hostnames "$SLURM_JOB_NODELIST")
+MAIN_ADDR=${{NODES%%$'\n'*}}
 srun bash -c '{env}accelerate launch --config_file {shlex.quote(acc_path)} \\
   --machine_rank "$SLURM_NODEID" --main_process_ip '"$MAIN_ADDR"' --main_process_port {main_port} \\
   -m workbench.worker {shlex.quote(config_path)}'
