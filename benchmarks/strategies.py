@@ -3,7 +3,7 @@
     python benchmarks/strategies.py [--steps 40] [--out runs-bench]
 
 Part 1 runs each layout (ddp, zero1, zero2, zero3, tp, pp gpipe/1f1b, ps, dp_tp) through the real worker
-on the FACTS.md reference GPT (4 layers, d_model 128, seq_len 128) with micro_batch_size 16 per process and
+on the reference tiny GPT (4 layers, d_model 128, seq_len 128) with micro_batch_size 16 per process and
 grad_accum_steps 1, so every layout trains on the same 32 sequences per step. Reported per layout:
 tokens/s (mean of the log intervals after the first, which holds start-up), comm bytes per optimizer step
 per rank (measured: workbench.parallel.comm), peak resident memory per rank (mem_bytes) and the
