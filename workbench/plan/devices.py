@@ -268,17 +268,19 @@ def valid_entry(entry: Any) -> bool:
     return isinstance(entry, dict) and isinstance(entry.get("flops"), (int, float)) and entry["flops"] > 0
 
 
-_PLAN_CACHE: tuple[float, dict] | None = None
+_PLAN_CACHE: tuple[tuple, dict] | None = None
 
 
 def cpu_peak_from_cache(dtype: str, threads: int) -> tuple[float, str]:
     """The peak cpu_peak_flops cached for this CPU, for the plan (never measured here: the plan stays fast and
     torch-free), scaled by thread count if only another count is cached; else the stated default."""
     global _PLAN_CACHE
+    path = cpu_peak_cache_path()
     try:
-        mtime = os.path.getmtime(cpu_peak_cache_path())
-        if _PLAN_CACHE is None or _PLAN_CACHE[0] != mtime:
-            _PLAN_CACHE = (mtime, read_cpu_cache())
+        st = os.stat(path)
+        stamp = (path, st.st_mtime_ns, st.st_size)  # re-read only when the file changed
+        if _PLAN_CACHE is None or _PLAN_CACHE[0] != stamp:
+            _PLAN_CACHE = (stamp, read_cpu_cache())
         cache = _PLAN_CACHE[1]
     except OSError:
         cache = {}
