@@ -156,6 +156,24 @@ def _flops_notes(s: TransformerShape, approximate: list[str], notes: list[str]) 
         )
 
 
+def _closing_notes(cfg: RunConfig, notes: list[str]) -> None:
+    if cfg.parallel.strategy == "pp":
+        notes.append("step time counts the pipeline bubble; send/recv latency is not modelled")
+    notes.append(
+        f"master_bytes is 0: {cfg.precision} runs as autocast over fp32 parameters, which serve as the master weights"
+        if cfg.precision != "fp32"
+        else "fp32: no master copy"
+    )
+
+
+def _summary(cfg: RunConfig, s: TransformerShape, B: int, ckpt: bool) -> str:
+    return (
+        f"{cfg.name}: GPT {s.summary()}, {cfg.parallel.strategy} on {cfg.parallel.num_processes} process(es), "
+        f"{cfg.precision}, micro_batch_size {B} x grad_accum_steps {cfg.grad_accum_steps}"
+        + (", activation checkpointing" if ckpt else "")
+    )
+
+
 def plan(
     cfg: RunConfig, device: str | None = None, efficiency: float | None = None, micro_batch_size: int | None = None
 ) -> Plan:
@@ -186,18 +204,8 @@ def plan(
 
     comm, by_op = comm_per_rank(cfg, s, c.p, approximate)
     link = LINK_BYTES_PER_S["cpu"] if is_cpu else LINK_BYTES_PER_S.get(DEVICES[dev]["gpu"], DEFAULT_LINK_BYTES_PER_S)
-    if cfg.parallel.strategy == "pp":
-        notes.append("step time counts the pipeline bubble; send/recv latency is not modelled")
-    notes.append(
-        f"master_bytes is 0: {cfg.precision} runs as autocast over fp32 parameters, which serve as the master weights"
-        if cfg.precision != "fp32"
-        else "fp32: no master copy"
-    )
-    summary = (
-        f"{cfg.name}: GPT {s.summary()}, {cfg.parallel.strategy} on {world} process(es), {cfg.precision}, "
-        f"micro_batch_size {B} x grad_accum_steps {cfg.grad_accum_steps}"
-        + (", activation checkpointing" if ckpt else "")
-    )
+    _closing_notes(cfg, notes)
+    summary = _summary(cfg, s, B, ckpt)
     return Plan(
         device=dev,
         device_label=DEVICES[dev]["label"],
