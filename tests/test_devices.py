@@ -150,3 +150,17 @@ def test_the_plan_reads_the_cached_peak_and_ignores_the_old_format(cache, monkey
     _plant(path, key, _entry(123e9))
     p = wb.plan(cfg, device="cpu")
     assert p.peak_flops_per_device == 123e9 and "2000-01-01" in p.peak_flops_source
+
+
+def test_a_run_on_an_unknown_gpu_records_no_plan(monkeypatch):
+    """status.json "planned" for a card without figures: a reason, not an H100's numbers."""
+    import torch
+
+    from workbench.measure import planned
+
+    cfg = RunConfig.from_yaml(QUICKSTART)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "NVIDIA B200")
+    out = planned(cfg, torch.device("cuda"))
+    assert "ranks" not in out and "NVIDIA B200" in out["error"]
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "NVIDIA H100 NVL")
+    assert planned(cfg, torch.device("cuda"))["device"] == "h100-nvl"
