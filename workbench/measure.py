@@ -22,9 +22,9 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-__all__ = ["FirstStepMeter", "SavedTensorsMeter", "local_tensor", "measure_state", "tensor_bytes"]
+from workbench.plan.result import MEMORY_FIELDS as FIELDS  # the plan's names and order: one list
 
-FIELDS = ("param_bytes", "grad_bytes", "optimizer_bytes", "master_bytes", "activation_bytes", "buffer_bytes")
+__all__ = ["FirstStepMeter", "SavedTensorsMeter", "local_tensor", "measure_state", "tensor_bytes"]
 
 
 def local_tensor(t: torch.Tensor) -> torch.Tensor:
@@ -307,7 +307,10 @@ def planned(cfg: Any, device: torch.device) -> dict[str, Any]:
 
     key = "cpu"
     if device.type == "cuda":
-        key = device_key_for(torch.cuda.get_device_name(device)) or "h100"
+        name = torch.cuda.get_device_name(device)
+        key = device_key_for(name)
+        if key is None:  # no figures for this card: no plan, rather than another card's numbers
+            return {"error": f"no plan: the planner has no memory or peak figures for the GPU {name!r}"}
     try:
         return plan(cfg, device=key).to_dict()
     except Exception as e:  # the plan is a prediction: a gap in it must never stop a training run

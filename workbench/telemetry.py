@@ -9,97 +9,27 @@ from __future__ import annotations
 import json
 import math
 import os
-import platform
 import resource
 import time
 from typing import Any
 
-# Dense bf16/fp16 tensor-core peak FLOP/s per GPU (vendor data sheets, no sparsity). fp32 uses TF32 peak
-# where the GPU has it, as PyTorch's matmuls do with allow_tf32.
-GPU_PEAK_FLOPS: dict[str, dict[str, float]] = {
-    "H200": {"bf16": 989e12, "fp16": 989e12, "fp8": 1979e12, "fp32": 494e12},
-    "H100 SXM": {"bf16": 989e12, "fp16": 989e12, "fp8": 1979e12, "fp32": 494e12},
-    "H100 PCIe": {"bf16": 756e12, "fp16": 756e12, "fp8": 1513e12, "fp32": 378e12},
-    "H100": {"bf16": 989e12, "fp16": 989e12, "fp8": 1979e12, "fp32": 494e12},
-    "A100": {"bf16": 312e12, "fp16": 312e12, "fp32": 156e12},
-    "L40S": {"bf16": 362e12, "fp16": 362e12, "fp8": 733e12, "fp32": 183e12},
-    "L4": {"bf16": 121e12, "fp16": 121e12, "fp8": 242e12, "fp32": 60e12},
-    "A10": {"bf16": 125e12, "fp16": 125e12, "fp32": 62.5e12},
-    "V100": {"fp16": 125e12, "fp32": 15.7e12, "bf16": 15.7e12},
-    "T4": {"fp16": 65e12, "fp32": 8.1e12, "bf16": 8.1e12},
-    "RTX 4090": {"bf16": 165e12, "fp16": 165e12, "fp8": 330e12, "fp32": 82.6e12},
-}
+# The peak FLOP/s of devices moved to workbench/plan/devices.py (its one home). These two wrappers keep the
+# worker's old float-returning calls running until it codes against plan.devices directly.
 
 
 def gpu_peak_flops(name: str, precision: str) -> float | None:
-    """Peak FLOP/s for a GPU name as torch reports it ("NVIDIA H100 80GB HBM3"), or None if unknown."""
-    best = None
-    for key in GPU_PEAK_FLOPS:
-        if key.replace(" ", "").lower() in name.replace(" ", "").lower() and (best is None or len(key) > len(best)):
-            best = key
-    if best is None:
-        return None
-    if best == "H100" and "PCIe" in name:
-        best = "H100 PCIe"
-    table = GPU_PEAK_FLOPS[best]
-    return table.get(precision) or table.get("fp32")
+    """Data-sheet peak FLOP/s for a GPU name as torch reports it, or None for an unknown card."""
+    from workbench.plan.devices import gpu_peak_flops as peak
+
+    p = peak(name, precision)
+    return None if p is None else p.flops
 
 
-def _cache_path() -> str:
-    base = os.environ.get("WORKBENCH_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "workbench")
-    return os.path.join(base, "cpu_peak.json")
+def cpu_peak_flops(dtype_name: str = "fp32", threads: int | None = None) -> float:
+    """The measured (and re-validated) matmul peak of this CPU; see workbench.plan.devices.cpu_peak_flops."""
+    from workbench.plan.devices import cpu_peak_flops as peak
 
-
-def cpu_peak_flops(dtype_name: str = "fp32", threads: int | None = None, seconds: float = 0.3) -> float:
-    """Measured matmul FLOP/s of this CPU at this thread count: the denominator of MFU on CPU.
-
-    There is no data sheet figure for "this laptop", so a short matmul calibration stands in for the peak.
-    Cached per CPU model, dtype and thread count, so each machine measures once.
-    """
-    import torch
-
-    threads = threads or torch.get_num_threads()
-    key = f"{platform.processor() or platform.machine()}|{_cpu_model()}|{dtype_name}|{threads}"
-    path = _cache_path()
-    try:
-        with open(path) as f:
-            cache = json.load(f)
-    except (OSError, ValueError):
-        cache = {}
-    if key in cache:
-        return float(cache[key])
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}.get(dtype_name, torch.float32)
-    n = 512
-    a = torch.randn(n, n).to(dtype)
-    b = torch.randn(n, n).to(dtype)
-    for _ in range(2):
-        a @ b
-    iters, t0 = 0, time.perf_counter()
-    while time.perf_counter() - t0 < seconds:
-        a @ b
-        iters += 1
-    flops = 2 * n**3 * iters / (time.perf_counter() - t0)
-    cache[key] = flops
-    try:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        tmp = path + f".{os.getpid()}"
-        with open(tmp, "w") as f:
-            json.dump(cache, f)
-        os.replace(tmp, path)
-    except OSError:
-        pass
-    return flops
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown"
+    return peak(dtype_name, threads).flops
 
 
 def peak_memory_bytes(device_type: str) -> int:

@@ -20,13 +20,21 @@ from torch.utils.data import Dataset, TensorDataset
 
 from workbench.config import is_import_string
 from workbench.data.synthetic import MarkovChain, empirical_entropy_rate
+from workbench.models.shapes import TEXT_VOCAB, vocab_size_for
 
 if TYPE_CHECKING:
     from workbench.config import RunConfig
 
-__all__ = ["MarkovChain", "build_dataset", "empirical_entropy_rate", "entropy_floor", "load_factory", "vocab_size"]
-
-TEXT_VOCAB = 256  # byte level: any file, any language, no tokenizer to ship
+# TEXT_VOCAB (byte level, 256) is re-exported from its home, workbench.models.shapes
+__all__ = [
+    "TEXT_VOCAB",
+    "MarkovChain",
+    "build_dataset",
+    "empirical_entropy_rate",
+    "entropy_floor",
+    "load_factory",
+    "vocab_size",
+]
 
 
 def load_factory(spec: str):
@@ -36,9 +44,7 @@ def load_factory(spec: str):
 
 
 def vocab_size(cfg: RunConfig) -> int:
-    if cfg.data.source == "text":
-        return TEXT_VOCAB
-    return cfg.data.vocab_size
+    return vocab_size_for(cfg.data.source, cfg.data.vocab_size)
 
 
 @lru_cache(maxsize=8)

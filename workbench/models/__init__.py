@@ -3,29 +3,41 @@
 Your own model: ``model.arch: "mypkg.models:build"`` names a function ``build(cfg: RunConfig) -> nn.Module``.
 The module's ``forward(x, y)`` returns the mean loss as a scalar tensor, or a tuple ``(logits, loss)``.
 Optional ``flops_per_token()`` feeds MFU; without it the worker uses 6 x parameters.
+
+Importing this package does not import torch (the planner and the config panel read ``models.shapes``
+through it); the torch-bound names (GPT, GPTConfig, ...) load on first access.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-import torch.nn as nn
-
-from workbench.config import is_import_string
-from workbench.models.gpt import GPT, GPTConfig, gpt_flops_per_token, gpt_num_params
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    import torch.nn as nn
+
     from workbench.config import RunConfig
+    from workbench.models.gpt import GPTConfig
 
 __all__ = ["GPT", "GPTConfig", "build_model", "gpt_flops_per_token", "gpt_num_params", "flops_per_token"]
 
+_FROM_GPT = ("GPT", "GPTConfig", "gpt_flops_per_token", "gpt_num_params")
+
+
+def __getattr__(name: str) -> Any:
+    if name in _FROM_GPT:
+        from workbench.models import gpt
+
+        return getattr(gpt, name)
+    raise AttributeError(f"module 'workbench.models' has no attribute {name!r}")
+
 
 def gpt_config(cfg: RunConfig) -> GPTConfig:
-    from workbench.data import vocab_size
+    from workbench.models.gpt import GPTConfig
+    from workbench.models.shapes import vocab_size_for
 
     m = cfg.model
     return GPTConfig(
-        vocab_size=vocab_size(cfg),
+        vocab_size=vocab_size_for(cfg.data.source, cfg.data.vocab_size),
         seq_len=m.seq_len,
         n_layer=m.n_layer,
         n_head=m.n_head,
@@ -35,10 +47,14 @@ def gpt_config(cfg: RunConfig) -> GPTConfig:
 
 
 def build_model(cfg: RunConfig) -> nn.Module:
+    from workbench.config import is_import_string
+
     if is_import_string(cfg.model.arch):
         from workbench.data import load_factory
 
         return load_factory(cfg.model.arch)(cfg)
+    from workbench.models.gpt import GPT
+
     return GPT(gpt_config(cfg))
 
 

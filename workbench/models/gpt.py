@@ -14,6 +14,8 @@ import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
+from workbench.models.shapes import TransformerShape, flops_per_token
+
 
 @dataclass
 class GPTConfig:
@@ -130,16 +132,10 @@ class GPT(nn.Module):
 
 
 def gpt_flops_per_token(n_params: int, n_layer: int, n_head: int, d_model: int, seq_len: int) -> int:
-    return 6 * n_params + 12 * n_layer * n_head * (d_model // n_head) * seq_len
+    """6N + 12·L·H·Q·T for N non-embedding parameters (the formula lives in models/shapes.py)."""
+    return flops_per_token(n_params, n_layer, n_head, d_model // n_head, seq_len)
 
 
 def gpt_num_params(vocab_size: int, seq_len: int, n_layer: int, d_model: int, bias: bool = True) -> int:
-    """The closed form of GPT.num_params(), so the planner can count without building a model."""
-    b = 1 if bias else 0
-    per_block = (
-        2 * (d_model + b * d_model)  # two LayerNorms
-        + 4 * (d_model * d_model + b * d_model)  # q, k, v, o
-        + (d_model * 4 * d_model + b * 4 * d_model)  # fc1
-        + (4 * d_model * d_model + b * d_model)  # fc2
-    )
-    return vocab_size * d_model + seq_len * d_model + n_layer * per_block + d_model + b * d_model
+    """The closed form of GPT.num_params() (n_head does not change the count), without building a model."""
+    return TransformerShape(n_layer, d_model, 1, vocab_size, seq_len, bias=bias).num_params

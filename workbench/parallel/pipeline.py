@@ -32,6 +32,7 @@ import torch.distributed as dist
 import torch.nn as nn
 
 from workbench.parallel.common import Layout, clip_, cross_entropy, dcp_load, dcp_save, nbytes
+from workbench.plan.compute import bubble_fraction  # (p - 1) / (m + p - 1): one home, shared with the plan
 
 
 def stage_layers(n_layer: int, num_stages: int) -> list[range]:
@@ -43,10 +44,6 @@ def stage_layers(n_layer: int, num_stages: int) -> list[range]:
         out.append(range(start, start + n))
         start += n
     return out
-
-
-def bubble_fraction(num_stages: int, microbatches: int) -> float:
-    return (num_stages - 1) / (microbatches + num_stages - 1)
 
 
 class GPTStage(nn.Module):

@@ -28,6 +28,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from workbench.models.shapes import TENSOR_PARALLEL_PLAN
 from workbench.parallel.common import (
     DCPCheckpoint,
     Layout,
@@ -36,14 +37,9 @@ from workbench.parallel.common import (
     loss_of,
 )
 
-TP_PLAN_NAMES = {
-    "attn.q": "colwise",
-    "attn.k": "colwise",
-    "attn.v": "colwise",
-    "attn.o": "rowwise",
-    "mlp.fc1": "colwise",
-    "mlp.fc2": "rowwise",
-}
+# The reference GPT's block split (module path -> "colwise" | "rowwise"); its home is models/shapes.py, which
+# the planner reads too.
+TP_PLAN_NAMES = TENSOR_PARALLEL_PLAN["gelu_mlp"]
 
 
 def tp_plan() -> dict[str, Any]:
