@@ -23,6 +23,7 @@ import workbench.config as C
 from widgets import Compare, ConfigPanel, Dashboard, Workbench
 from widgets.config_panel import ChoiceButtons, leaf_keys
 from widgets.downsample import lttb, minmax
+from widgets.panel_rules import strategy_rules
 from workbench.config import ConfigError, DeviceInfo
 
 CPU2 = DeviceInfo("cpu", 2, "cpu")
@@ -140,36 +141,38 @@ def test_derived_values_follow_the_controls(quickstart):
     assert f"{panel.derived['num_params']:,}" in panel.derived_html.value
 
 
-def test_unavailable_options_are_disabled_with_the_reason(quickstart, monkeypatch):
+def test_unavailable_options_are_disabled_with_the_reason(quickstart):
     panel = ConfigPanel(quickstart, devices=CPU2)
     prec = panel.controls["precision"]
     assert isinstance(prec, ChoiceButtons)
     assert prec.buttons["fp8"].disabled and "compute capability >= 8.9" in prec.buttons["fp8"].tooltip
-    assert "fp8: needs an NVIDIA GPU" in panel._notes["precision"].value
+    assert "fp8: needs an NVIDIA GPU" in panel.notes["precision"].value
     prec.buttons["fp8"].click()  # a disabled option cannot be picked
     assert panel.config.precision == "fp32"
     assert not prec.buttons["bf16"].disabled
     assert panel.controls["device"].buttons["cuda"].disabled
     # processes: up to what this machine runs (validate() allows 2 CPU processes per core)
     assert panel.controls["parallel.num_processes"].max == 4
-    assert "at most 4 here (2 CPU cores" in panel._notes["parallel.num_processes"].value
+    assert "at most 4 here (2 CPU cores" in panel.notes["parallel.num_processes"].value
     strat = panel.controls["parallel.strategy"]
-    for s in C.STRATEGIES:  # read at test time: the parallelism issue grows IMPLEMENTED_STRATEGIES
-        if s not in C.IMPLEMENTED_STRATEGIES:
-            assert strat.buttons[s].disabled and strat.reasons[s] == "not available in this version yet"
+    assert tuple(strat.buttons) == C.STRATEGIES  # every strategy the config accepts is offered
+    # with the most processes this machine runs, every strategy can be picked: none is "not available"
+    panel.controls["parallel.num_processes"].value = 4
+    assert [s for s in C.STRATEGIES if strat.buttons[s].disabled] == [], strat.reasons
     assert not strat.buttons["ddp"].disabled
 
-    # a strategy that is implemented but needs more processes than the config has
-    monkeypatch.setattr(C, "IMPLEMENTED_STRATEGIES", tuple(C.STRATEGIES))
+    # a strategy that needs more processes than the config has
     panel.controls["parallel.num_processes"].value = 1
+    assert not strat.buttons["ddp"].disabled
+    assert strat.buttons["zero3"].disabled and strat.reasons["zero3"] == "needs parallel.num_processes >= 2"
     assert strat.buttons["tp"].disabled and strat.reasons["tp"] == "needs parallel.num_processes >= 2"
     panel.controls["parallel.num_processes"].value = 2
     assert not strat.buttons["tp"].disabled
-    assert strat.buttons["dp_tp"].disabled  # needs 4
+    assert not strat.buttons["dp_tp"].disabled  # dp 1 x tp 2: validate() accepts it, so the panel offers it
     # keys that only matter for another strategy are disabled, and say when they matter
     assert panel.controls["parallel.pp_schedule"].disabled
     assert all(b.disabled for b in panel.controls["parallel.pp_schedule"].buttons.values())
-    assert "used when parallel.strategy is pp" in panel._notes["parallel.pp_schedule"].value
+    assert "used when parallel.strategy is pp" in panel.notes["parallel.pp_schedule"].value
 
     # on an H100 node fp8 and cuda are available, and 8 processes
     gpu = ConfigPanel(quickstart, devices=H100x8)
@@ -183,13 +186,36 @@ def test_unavailable_options_are_disabled_with_the_reason(quickstart, monkeypatc
     assert a100.launch_button.disabled
 
 
+def _layout(strategy, n):
+    """parallel.* values that suit `strategy` on n processes (so that only the process count can be wrong)."""
+    sizes = {"tp": {"parallel.tp_size": n}, "pp": {"parallel.pp_size": n}, "dp_tp": {"parallel.tp_size": 2 - n % 2}}
+    return {"parallel.strategy": strategy, "parallel.num_processes": n, **sizes.get(strategy, {})}
+
+
+def test_panel_strategy_rules_agree_with_validate(quickstart):
+    """The processes the panel asks of a strategy are exactly what cfg.validate() asks: the fewest with which
+    it reports no parallel.* problem. (The panel once disabled dp_tp below 4 processes; validate takes 2.)"""
+    rules = strategy_rules()
+    for s in C.STRATEGIES:
+        need = rules.min_processes.get(s, 1)
+        ok = quickstart.override(_layout(s, need)).validate(CPU2)
+        assert [p for p in ok if p.key.startswith("parallel.")] == [], (s, need)
+        if need > 1:
+            short = quickstart.override(_layout(s, need - 1)).validate(CPU2)
+            assert [p for p in short if p.key.startswith("parallel.")], (s, need - 1)
+    keys = {k for k, _, _ in leaf_keys(quickstart)}
+    for key, (setting, values, reason) in rules.relevant_when.items():
+        assert key in keys and setting in keys and values, key
+        assert reason == f"used when {setting} is {' or '.join(values)}"
+
+
 def test_validation_messages_inline_and_launch_disabled(quickstart, workdir):
     panel = ConfigPanel(quickstart, devices=CPU2)
     assert not panel.launch_button.disabled
     panel.set("model.n_head", 5)  # as if loaded from a file: 64 % 5 != 0
     assert [p.key for p in panel.problems] == ["model.n_head"]
-    assert "model.n_head: d_model 64 is not divisible by n_head 5" in panel._msgs["model.n_head"].value
-    assert panel._msgs["micro_batch_size"].value == ""
+    assert "model.n_head: d_model 64 is not divisible by n_head 5" in panel.messages["model.n_head"].value
+    assert panel.messages["micro_batch_size"].value == ""
     assert panel.launch_button.disabled
     assert "1 problem" in panel.problems_html.value
     with pytest.raises(ConfigError) as e:
@@ -199,8 +225,8 @@ def test_validation_messages_inline_and_launch_disabled(quickstart, workdir):
     panel.controls["log_every"].value = 0
     keys = {p.key for p in panel.problems}
     assert keys == {"model.n_head", "optimizer.betas", "log_every"}
-    assert "optimizer.betas: write a list" in panel._msgs["optimizer.betas"].value
-    assert "log_every: must be between 1 and" in panel._msgs["log_every"].value
+    assert "optimizer.betas: write a list" in panel.messages["optimizer.betas"].value
+    assert "log_every: must be between 1 and" in panel.messages["log_every"].value
     panel.controls["model.n_head"].value = 4
     panel.controls["optimizer.betas"].value = "[0.9, 0.95]"
     panel.controls["log_every"].value = 10

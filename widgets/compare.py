@@ -20,7 +20,7 @@ import numpy as np
 import plotly.graph_objects as go
 import yaml
 
-from widgets.config_panel import flat
+from widgets.controls import flat
 from widgets.dashboard import COLORS, FIGURE_WIDTH
 from widgets.downsample import MAX_POINTS, lttb, minmax
 from widgets.smoothing import ema
