@@ -34,7 +34,6 @@ from widgets.controls import (
     ChoiceButtons,
     LogSliderText,
     flat,
-    get_key,
     group_of,
     head_options,
     leaf_keys,
@@ -43,9 +42,9 @@ from widgets.controls import (
     show_value,
 )
 from widgets.panel_files import PRESET_KEYS, PRESETS, cli_command, matching_preset
-from widgets.panel_rules import max_processes, processes_note, strategy_rules, unavailable_options
+from widgets.panel_rules import max_processes, show_availability, strategy_rules
 from widgets.plan_view import PlanChart, derived_table, derived_values
-from widgets.problems_view import note_html, show_problems
+from widgets.problems_view import show_problems
 from workbench.config import ConfigError, DeviceInfo, Problem, RunConfig
 
 # names other modules and notebooks import from here
@@ -297,26 +296,8 @@ class ConfigPanel(W.VBox):
 
     def _update_availability(self, cfg: RunConfig) -> None:
         """Disable what this machine or this config cannot run, and say why."""
-        self.unavailable = unavailable_options(cfg, self.devices, self.rules)
-        for key, reasons in self.unavailable.items():
-            ctrl = self.controls.get(key)
-            if isinstance(ctrl, ChoiceButtons):
-                ctrl.set_unavailable(reasons)
         problem_keys = {p.key for p in self._problems}
-        for key, note in self.notes.items():
-            lines = [f"{o}: {r}" for o, r in self.unavailable.get(key, {}).items()]
-            if key == "parallel.num_processes":
-                lines.append(processes_note(self.devices))
-            rel = self.rules.relevant_when.get(key)
-            if rel is not None:
-                ctrl = self.controls[key]
-                # never disable a control that shows a problem: the user must be able to fix it
-                ctrl.disabled = get_key(cfg, rel[0]) not in rel[1] and key not in problem_keys
-                if ctrl.disabled:
-                    lines.append(rel[2])
-            text = note_html(lines)
-            if note.value != text:
-                note.value = text
+        self.unavailable = show_availability(cfg, self.devices, self.rules, self.controls, self.notes, problem_keys)
 
     # ---------------------------------------------------------------------------------------------
     # actions

@@ -10,7 +10,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
+import ipywidgets as W
+
 import workbench.config as C
+from widgets.controls import ChoiceButtons, get_key
+from widgets.problems_view import note_html
 from workbench.config import DeviceInfo, RunConfig
 
 
@@ -101,3 +105,35 @@ def processes_note(devices: DeviceInfo) -> str:
     """Why parallel.num_processes stops where it does on this machine."""
     what = f"{devices.count} GPU(s)" if devices.kind == "cuda" else f"{devices.count} CPU cores, 2 processes per core"
     return f"at most {max_processes(devices)} here ({what})"
+
+
+def show_availability(
+    cfg: RunConfig,
+    devices: DeviceInfo,
+    rules: Rules,
+    controls: dict[str, W.Widget],
+    notes: dict[str, W.HTML],
+    problem_keys: set[str],
+) -> dict[str, dict[str, str]]:
+    """Disable the options and the keys that cannot matter under cfg on this machine; say why in each key's note.
+
+    A control that shows a problem is never disabled: the user must be able to fix it. Returns the options
+    disabled, key -> {option: reason}.
+    """
+    unavailable = unavailable_options(cfg, devices, rules)
+    for key, reasons in unavailable.items():
+        if isinstance(controls.get(key), ChoiceButtons):
+            controls[key].set_unavailable(reasons)
+    for key, note in notes.items():
+        lines = [f"{o}: {r}" for o, r in unavailable.get(key, {}).items()]
+        if key == "parallel.num_processes":
+            lines.append(processes_note(devices))
+        rel = rules.relevant_when.get(key)
+        if rel is not None:
+            controls[key].disabled = get_key(cfg, rel[0]) not in rel[1] and key not in problem_keys
+            if controls[key].disabled:
+                lines.append(rel[2])
+        text = note_html(lines)
+        if note.value != text:  # an unchanged widget sends nothing to the browser
+            note.value = text
+    return unavailable
