@@ -376,11 +376,19 @@ def test_dashboard_draws_a_recorded_run(quickstart, workdir):
     assert list(floor.y) == [2.0, 2.0] and list(floor.x) == [1, 120]
     assert [t.name for t in db.memory_fig.data] == ["rank 0", "rank 1"]
     assert list(db.memory_fig.data[1].y) == [e["mem_bytes"][1] for e in evs]
-    assert db._comm_box.layout.display is None and len(db.comm_fig.data) == 2
+    assert db._comm_box.layout.display is None
+    # comm bytes are the same every step: one bar per rank, drawn once, not a flat line per rank over steps
+    (bar,) = db.comm_fig.data
+    assert isinstance(bar, go.Bar) and list(bar.x) == ["rank 0", "rank 1"]
+    assert list(bar.y) == evs[-1]["comm_bytes"] and list(bar.text) == ["423.0 KiB"] * 2
+    assert "constant over 120 logged steps" in db.comm_fig.layout.title.text
+    assert db.comm_fig.layout.xaxis.title.text == "rank"
     assert np.allclose(db.throughput_fig.data[3].y, [10.0] * 120)  # MFU in %
     assert list(db.lr_fig.data[0].y) == [e["lr"] for e in evs]
     assert "finished" in db.status_html.value and "step 120 / 200" in db.status_html.value
-    assert "elapsed 2:10" in db.status_html.value and db.stop_button.disabled
+    assert "elapsed 2:10" in db.status_html.value
+    # a finished run (attached after the fact): nothing to stop, so Stop is neither enabled nor highlighted
+    assert db.stop_button.disabled and db.stop_button.button_style == ""
     db.x_axis.value = "tokens"
     assert list(db.loss_fig.data[0].x) == [e["tokens"] for e in evs]
     assert db.loss_fig.layout.xaxis.title.text == "tokens"
@@ -390,6 +398,81 @@ def test_dashboard_draws_a_recorded_run(quickstart, workdir):
     assert db.loss_fig.layout.yaxis.type == "log"
     # the caller's Run keeps its own place in the file
     assert len(run.new_metrics()) == 120
+
+
+def test_comm_bytes_that_move_show_their_range(quickstart, workdir):
+    evs = events_of(6, comm=True)
+    evs[2]["comm_bytes"] = [1000, 2000]  # one step moved a different payload
+    db = Dashboard(write_run(os.path.abspath("runs/comm"), quickstart, evs))
+    (bar,) = db.comm_fig.data
+    assert list(bar.y) == evs[-1]["comm_bytes"]  # the last step's, per rank
+    assert "varied" in db.comm_fig.layout.title.text
+    assert "ranged 1000 B to 423.0 KiB" in bar.hovertext[0] and "ranged 2.0 KiB to 423.0 KiB" in bar.hovertext[1]
+
+
+def test_stop_button_is_live_only_while_the_run_can_stop(quickstart, workdir):
+    """Enabled and highlighted while running; disabled and plain once the run reaches any final state."""
+    path = os.path.abspath("runs/going")
+    for final in ("finished", "failed", "stopped"):
+        run = write_run(path, quickstart, events_of(3), state="running", supervisor_pid=os.getpid(),
+                        host=os.uname().nodename)  # fmt: skip
+        db = Dashboard(run)
+        try:
+            assert not db.stop_button.disabled and db.stop_button.button_style == "warning"
+            with open(os.path.join(path, "status.json"), "w") as f:
+                json.dump({"state": final, "error": "x" if final == "failed" else None}, f)
+            assert db.wait(10)  # the follower sees the final state and updates the status line and the button
+            assert final in db.status_html.value
+            assert db.stop_button.disabled and db.stop_button.button_style == "", final
+            assert db.stop_button.description == "Stop"
+        finally:
+            db.close()
+    # asked to stop: disabled at once (the run is still going), and not highlighted either
+    run = write_run(path, quickstart, events_of(3), state="running", supervisor_pid=os.getpid(),
+                    host=os.uname().nodename)  # fmt: skip
+    db = Dashboard(run)
+    db.stop_button.click()
+    assert db.stop_button.disabled and db.stop_button.button_style == "" and db.stop_button.description == "Stopping..."
+    db.update_status()
+    assert db.stop_button.disabled and db.stop_button.button_style == ""
+    db.close()
+
+
+def _title_band(fig):
+    """(top, bottom) pixels of a figure's title, as plotly.js places it."""
+    lay = fig.layout
+    size = lay.title.font.size or 17
+    if lay.title.y is None:  # plotly's "auto": the title's baseline on the middle of the top margin
+        return lay.margin.t / 2 - size, lay.margin.t / 2 + 0.3 * size
+    assert lay.title.yref == "container" and lay.title.yanchor == "top"
+    top = (1 - lay.title.y) * lay.height
+    return top, top + 1.3 * size
+
+
+def _legend_band(fig, rows=1):
+    """(top, bottom) pixels of a horizontal legend anchored by its bottom above the plot area."""
+    lay = fig.layout
+    assert lay.legend.yanchor == "bottom" and lay.legend.y >= 1
+    plot_h = lay.height - lay.margin.t - lay.margin.b
+    bottom = lay.margin.t - (lay.legend.y - 1) * plot_h
+    return bottom - rows * 1.8 * (lay.legend.font.size or 12), bottom
+
+
+def test_figure_titles_and_legends_never_overlap(quickstart, workdir):
+    db = Dashboard(write_run(os.path.abspath("runs/rec"), quickstart, events_of(10, comm=True)))
+    for name, fig in db.figures.items():
+        entries = [t.name for t in fig.data if t.showlegend is not False]
+        if len(entries) < 2:  # plotly draws no legend for a single trace unless asked
+            continue
+        font = fig.layout.legend.font.size or 12
+        plot_w = fig.layout.width - fig.layout.margin.l - fig.layout.margin.r
+        # each entry: its text (~0.6 em a character) and the 40 px line sample before it
+        rows = 1 if sum(len(e) * 0.6 * font + 40 for e in entries) <= plot_w else 2
+        t_top, t_bottom = _title_band(fig)
+        l_top, l_bottom = _legend_band(fig, rows)
+        assert t_top >= 0 and l_bottom <= fig.layout.margin.t, name
+        assert t_bottom <= l_top, (name, (t_top, t_bottom), (l_top, l_bottom))
+    assert "tokens_per_s" in db.throughput_fig.layout.title.text
 
 
 def test_dashboard_bounds_points_on_a_100000_step_run(quickstart, workdir):

@@ -5,8 +5,9 @@
 
 How the data flows, and why:
 - A daemon thread reads the events written since its last look (``Run.new_metrics()``, a file tail) every
-  0.1 s. The kernel stays free: other cells run while the figures move. (Updates from a background thread
-  reach the browser while the kernel is idle or busy; ../shared/FACTS.md measured it.)
+  0.1 s. The kernel stays free: other cells run while the figures move. (Measured in JupyterLab with headless
+  Chromium: updates from a background thread reach the browser while the kernel is idle and while another
+  cell runs, file write to screen in a median 58-141 ms with the 0.2 s polling of then.)
 - Redraws are throttled to at most 5 per second, and each redraw sends one message per figure
   (``batch_update``): a run that logs every step does not flood the browser.
 - Each trace is downsampled to at most 2,000 points (widgets/downsample.py): smoothed lines by
@@ -14,6 +15,8 @@ How the data flows, and why:
   sends as many points as a 2,000-step one.
 - Smoothing is a debiased EMA (widgets/smoothing.py), computed incrementally on the full-resolution series
   before downsampling; the raw series stays faint underneath.
+- What does not change from step to step is not a time series: the communication payload per optimizer step
+  is fixed by the layout, so it is one bar per rank (the last step's bytes), with its range if it ever moved.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ import numpy as np
 import plotly.graph_objects as go
 
 from widgets.downsample import MAX_POINTS, lttb, minmax
+from widgets.fmt import fmt_bytes, fmt_duration
 from widgets.smoothing import EMA
 from widgets.tensorboard import TensorBoardButton
 from workbench.runs import TERMINAL, Run
@@ -39,15 +43,6 @@ SCALARS = ("loss", "lr", "grad_norm", "tokens_per_s", "mfu")
 SMOOTHED = ("loss", "tokens_per_s", "mfu", "grad_norm")  # noisy series: raw faint + smoothed on top
 COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f")
 STATE_COLORS = {"running": "#1f77b4", "finished": "#2ca02c", "stopped": "#ff7f0e", "failed": "#d62728"}
-
-
-def _fmt_duration(s: float | None) -> str:
-    if s is None or not math.isfinite(s):
-        return "-"
-    s = int(round(max(0.0, s)))
-    h, rem = divmod(s, 3600)
-    m, sec = divmod(rem, 60)
-    return f"{h}:{m:02d}:{sec:02d}" if h else f"{m}:{sec:02d}"
 
 
 def _num(v: Any) -> float:
@@ -62,16 +57,38 @@ def _num(v: Any) -> float:
 # A FigureWidget inside an ipywidgets container does not follow the container's size (plotly.py#5208: it
 # draws 700 px wide and gets clipped), so the figures have a fixed width: two side by side fit a notebook.
 FIGURE_WIDTH = 470
+FIGURE_HEIGHT = 290
+# The top margin holds two rows, so that a title and a legend never share one (they collided on the tokens/s
+# figure, whose legend reached left under its title): the title alone at the top, the legend's row (up to two
+# lines) sitting on the plot's top edge below it.
+TITLE_SIZE = 14
+LEGEND_SIZE = 11
+TOP_MARGIN = 66
 
 
 def _figure(title: str, y_title: str, x_title: str = "step", secondary: str | None = None) -> go.FigureWidget:
     layout = go.Layout(
-        title={"text": title, "x": 0.02, "font": {"size": 14}},
+        title={
+            "text": title,
+            "x": 0.02,
+            "xanchor": "left",
+            "font": {"size": TITLE_SIZE},
+            "yref": "container",
+            "y": 1 - 6 / FIGURE_HEIGHT,
+            "yanchor": "top",
+        },  # fmt: skip
         width=FIGURE_WIDTH,
-        height=270,
-        margin={"l": 60, "r": 60 if secondary else 20, "t": 40, "b": 40},
+        height=FIGURE_HEIGHT,
+        margin={"l": 60, "r": 60 if secondary else 20, "t": TOP_MARGIN, "b": 40},
         template="plotly_white",
-        legend={"orientation": "h", "y": 1.02, "x": 1, "xanchor": "right", "yanchor": "bottom"},
+        legend={
+            "orientation": "h",
+            "y": 1,
+            "x": 1,
+            "xanchor": "right",
+            "yanchor": "bottom",
+            "font": {"size": LEGEND_SIZE},
+        },  # fmt: skip
         xaxis={"title": {"text": x_title}},
         yaxis={"title": {"text": y_title}},
         uirevision="keep",  # user zoom survives redraws
@@ -99,7 +116,10 @@ class _Store:
         self.tokens: list[float] = []
         self.cols: dict[str, list[float]] = {k: [] for k in SCALARS}
         self.mem: list[list[float]] = []  # per event, one value per rank
-        self.comm: list[list[float] | None] = []
+        self.comm_last: list[float] = []  # comm_bytes per rank at the last event that reported them
+        self.comm_min: list[float] = []
+        self.comm_max: list[float] = []
+        self.comm_events = 0
         self.eval_step: list[float] = []
         self.eval_tokens: list[float] = []
         self.eval_loss: list[float] = []
@@ -124,11 +144,7 @@ class _Store:
         self.ranks = max(self.ranks, len(mem))
         comm = ev.get("comm_bytes")
         if isinstance(comm, list):
-            self.comm.append([_num(v) for v in comm])
-            self.has_comm = True
-            self.ranks = max(self.ranks, len(comm))
-        else:
-            self.comm.append(None)
+            self._add_comm([_num(v) for v in comm])
         if ev.get("eval_loss") is not None:
             self.eval_step.append(step)
             self.eval_tokens.append(tokens)
@@ -138,6 +154,16 @@ class _Store:
         if isinstance(ev.get("effective"), dict):
             self.effective = ev["effective"]
         self.times.append(_num(ev.get("time")))
+
+    def _add_comm(self, comm: list[float]) -> None:
+        if len(comm) != len(self.comm_last):  # a new rank count: start the range over
+            self.comm_min, self.comm_max = list(comm), list(comm)
+        self.comm_last = comm
+        self.comm_min = [min(a, b) for a, b in zip(self.comm_min, comm, strict=True)]
+        self.comm_max = [max(a, b) for a, b in zip(self.comm_max, comm, strict=True)]
+        self.comm_events += 1
+        self.has_comm = True
+        self.ranks = max(self.ranks, len(comm))
 
     def __len__(self) -> int:
         return len(self.step)
@@ -180,7 +206,8 @@ class Dashboard(W.VBox):
         self.log_y = W.Checkbox(value=False, description="log y", indent=False)
         self.status_html = W.HTML("<b>no run</b>")
         self.error_html = W.HTML("")
-        self.stop_button = W.Button(description="Stop", icon="stop", button_style="warning", disabled=True)
+        # highlighted only while there is a run to stop (see _show_stoppable)
+        self.stop_button = W.Button(description="Stop", icon="stop", button_style="", disabled=True)
         self.stop_button.tooltip = "the workers finish the step, save a checkpoint and exit as stopped"
         self.stop_button.on_click(lambda _: self.stop())
         self.tensorboard = TensorBoardButton("runs")
@@ -208,9 +235,11 @@ class Dashboard(W.VBox):
         self.grad_norm_fig = _figure("grad_norm", "global grad norm")
         self.grad_norm_fig.add_trace(_line("grad_norm", COLORS[3], raw=True))
         self.grad_norm_fig.add_trace(_line("grad_norm (smoothed)", COLORS[3]))
-        self.comm_fig = _figure("comm_bytes per rank (per optimizer step)", "bytes")
+        self.comm_fig = _figure("comm_bytes per rank (per optimizer step)", "bytes", x_title="rank")
         self.comm_fig.layout.yaxis.ticksuffix = "B"
         self.comm_fig.layout.yaxis.exponentformat = "SI"  # "100MB"; plotly would write billions as "1BB"
+        self.comm_fig.add_trace(go.Bar(x=[], y=[], name="comm_bytes", marker={"color": COLORS[0]}, showlegend=False,
+                                       textposition="inside", hoverinfo="x+text"))  # fmt: skip
         self._comm_box = W.Box([self.comm_fig], layout=W.Layout(display="none", width=f"{FIGURE_WIDTH}px"))
 
         cell = W.Layout(width=f"{FIGURE_WIDTH}px", overflow="hidden")
@@ -323,6 +352,7 @@ class Dashboard(W.VBox):
         if self.run is not None:
             self.run.stop()
             self.stop_button.disabled = True
+            self.stop_button.button_style = ""
             self.stop_button.description = "Stopping..."
 
     def close(self) -> None:
@@ -397,13 +427,8 @@ class Dashboard(W.VBox):
                 self.grad_norm_fig.layout.xaxis.title.text = xk
                 self.grad_norm_fig.layout.yaxis.type = log_type
             if s.has_comm:
-                self._ensure_rank_traces(self.comm_fig, s.ranks)
-                with self.comm_fig.batch_update():
-                    for r, trace in enumerate(self.comm_fig.data):
-                        ys = np.array([(c[r] if c and r < len(c) else np.nan) for c in s.comm], dtype=float)
-                        put(trace, x, ys, "minmax")
-                    self.comm_fig.layout.xaxis.title.text = xk
-                self._comm_box.layout.display = None
+                self._draw_comm()
+                points += len(s.comm_last)
             now = time.time()
             self.latencies.extend(now - t for t in self._pending_times)
             self._pending_times = []
@@ -411,6 +436,25 @@ class Dashboard(W.VBox):
             self.points_sent += points
             self.last_points = points
             self._dirty = False
+
+    def _draw_comm(self) -> None:
+        """One bar per rank: the last step's payload; the hover and the title say whether it ever moved."""
+        s = self._store
+        bar = self.comm_fig.data[0]
+        moved = [lo != hi for lo, hi in zip(s.comm_min, s.comm_max, strict=True)]
+        with self.comm_fig.batch_update():
+            bar.x = [f"rank {r}" for r in range(len(s.comm_last))]
+            bar.y = list(s.comm_last)
+            bar.text = [fmt_bytes(v) for v in s.comm_last]
+            bar.hovertext = [
+                f"{fmt_bytes(v)} per optimizer step; "
+                + (f"ranged {fmt_bytes(lo)} to {fmt_bytes(hi)}" if m else "the same at every step")
+                + f" ({s.comm_events} logged steps)"
+                for v, lo, hi, m in zip(s.comm_last, s.comm_min, s.comm_max, moved, strict=True)
+            ]
+            when = "varied: the last step's" if any(moved) else f"constant over {s.comm_events} logged steps"
+            self.comm_fig.layout.title.text = f"comm_bytes per rank per optimizer step ({when})"
+        self._comm_box.layout.display = None
 
     @staticmethod
     def _ensure_rank_traces(fig: go.FigureWidget, ranks: int) -> None:
@@ -444,19 +488,16 @@ class Dashboard(W.VBox):
             f"<b style='color:{color}'>{html.escape(state)}</b>",
             f"<code>{html.escape(self.run.name)}</code>",
             f"step {step}" + (f" / {self._max_steps}" if self._max_steps else ""),
-            f"elapsed {_fmt_duration(elapsed)}",
+            f"elapsed {fmt_duration(elapsed)}",
         ]
         if state not in TERMINAL:
-            parts.append(f"ETA {_fmt_duration(eta)}")
+            parts.append(f"ETA {fmt_duration(eta)}")
         eff = s.effective or info.get("effective")
         if eff:
             parts.append(f"{eff.get('world_size')} processes, {eff.get('wrapper')}, {eff.get('compute_dtype') or '?'}")
         with self.status_html.hold_sync(), self.stop_button.hold_sync(), self.error_html.hold_sync():
             self.status_html.value = " &middot; ".join(parts)
-            running = state not in TERMINAL
-            if not running or not os.path.exists(os.path.join(self.run.path, "STOP")):
-                self.stop_button.description = "Stop"
-            self.stop_button.disabled = not running or os.path.exists(os.path.join(self.run.path, "STOP"))
+            self._show_stoppable(state)
             if state == "failed":
                 err = self.run.error or "failed (no error text)"
                 self.error_html.value = (
@@ -466,6 +507,20 @@ class Dashboard(W.VBox):
                 )
             else:
                 self.error_html.value = ""
+
+    def _show_stoppable(self, state: str) -> None:
+        """Stop is enabled and highlighted only while the run can still be stopped: not once it reached a final
+        state (finished, failed, stopped; also a finished run attached later), nor once Stop was asked."""
+        asked = os.path.exists(os.path.join(self.run.path, "STOP"))
+        running = state not in TERMINAL
+        self.stop_button.disabled = not running or asked
+        self.stop_button.button_style = "" if self.stop_button.disabled else "warning"
+        self.stop_button.description = "Stopping..." if running and asked else "Stop"
+        self.stop_button.tooltip = (
+            "the workers finish the step, save a checkpoint and exit as stopped"
+            if running
+            else f"the run has {state}: nothing to stop"
+        )
 
     @property
     def status(self) -> str:
