@@ -10,6 +10,7 @@ import math
 import os
 import shlex
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -26,6 +27,9 @@ from widgets.downsample import lttb, minmax
 from widgets.panel_rules import strategy_rules
 from workbench.config import ConfigError, DeviceInfo
 
+QUICKSTART_YAML = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "quickstart.yaml"
+)
 CPU2 = DeviceInfo("cpu", 2, "cpu")
 H100x8 = DeviceInfo("cuda", 8, "NVIDIA H100 80GB HBM3", (9, 0))
 A100x2 = DeviceInfo("cuda", 2, "NVIDIA A100-SXM4-80GB", (8, 0))
@@ -139,6 +143,27 @@ def test_derived_values_follow_the_controls(quickstart):
     cfg = panel.config
     assert panel.derived["num_params"] == GPT(gpt_config(cfg)).num_params()
     assert f"{panel.derived['num_params']:,}" in panel.derived_html.value
+
+
+def test_panel_sizes_come_from_the_plan_without_torch(quickstart):
+    """Parameters and FLOPs per token are the plan's torch-free closed forms: building a panel and changing it
+    imports neither torch nor the model code (the panel once imported models/gpt.py's copy of the formulas)."""
+    code = (
+        "import sys, workbench as wb\n"
+        "from widgets import ConfigPanel\n"
+        "from workbench.config import DeviceInfo\n"
+        f"p = ConfigPanel(wb.RunConfig.from_yaml({QUICKSTART_YAML!r}), devices=DeviceInfo('cpu', 2, 'cpu'))\n"
+        "p.controls['model.n_layer'].value = 3\n"
+        "assert p.derived['num_params'] == p.plan.num_params and p.derived['flops_per_token'] == p.plan.flops_per_token\n"
+        "print(sorted(m for m in ('torch', 'workbench.models.gpt') if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "[]"
+    # your own model: its size is known only once it is built, so the panel shows none rather than a guess
+    panel = ConfigPanel(quickstart.override({"model.arch": "mymodel:build"}), devices=CPU2)
+    assert panel.derived["num_params"] is None and "flops_per_token" not in panel.derived
+    assert "counted when the custom model is built" in panel.derived_html.value
 
 
 def test_unavailable_options_are_disabled_with_the_reason(quickstart):

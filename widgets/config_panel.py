@@ -292,7 +292,7 @@ class ConfigPanel(W.VBox):
         self.plan_chart.show(self._cfg)
         if self._cfg is not None:
             self.derived = derived_values(self._cfg, self.plan)
-            self.derived_html.value = derived_table(self._cfg, self.derived)
+            self.derived_html.value = derived_table(self._cfg, self.derived, self.plan)
 
     def _update_availability(self, cfg: RunConfig) -> None:
         """Disable what this machine or this config cannot run, and say why."""

@@ -38,12 +38,12 @@ def derived_values(cfg: RunConfig, plan: Any | None) -> dict[str, Any]:
     if plan is not None and not is_import_string(cfg.model.arch):
         d["num_params"] = plan.num_params
         d["flops_per_token"] = plan.flops_per_token
-        d["flops_per_token_approximate"] = "flops_per_token" in plan.approximate
     return d
 
 
-def derived_table(cfg: RunConfig, d: dict[str, Any]) -> str:
-    """The derived values as an HTML table, each with the arithmetic that gives it."""
+def derived_table(cfg: RunConfig, d: dict[str, Any], plan: Any | None) -> str:
+    """The derived values as an HTML table, each with the arithmetic that gives it (plan: where the sizes
+    came from, to say when its FLOP count is only approximate)."""
 
     def num(k: str) -> str:
         v = d.get(k)
@@ -56,7 +56,8 @@ def derived_table(cfg: RunConfig, d: dict[str, Any]) -> str:
         params = "counted when the custom model is built"
     else:
         params = "- (no plan for this config)"
-    approx = " (approximate: see the plan's notes)" if d.get("flops_per_token_approximate") else ""
+    approximate = plan is not None and "flops_per_token" in plan.approximate
+    approx = " (approximate: see the plan's notes)" if approximate and d.get("flops_per_token") else ""
     return (
         "<table style='font-size:95%'>"
         f"<tr><td>global batch</td><td>micro_batch_size {mb} &times; grad_accum_steps {ga} &times; "
