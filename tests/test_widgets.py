@@ -91,7 +91,11 @@ def test_panel_has_a_control_labelled_with_every_key(quickstart):
     for k in keys:
         assert panel.labels[k].value == k  # widget label = config key
     assert panel.config == quickstart
+    assert panel.base == quickstart  # public: Workbench reads runs_dir from it
     assert isinstance(ConfigPanel().config, wb.RunConfig)
+    other = quickstart.override({"runs_dir": "elsewhere", "name": "b"})
+    panel.set_config(other)
+    assert panel.base == other and Workbench(other, devices=CPU2).compare.runs_dir == "elsewhere"
 
 
 def test_panel_controls_build_the_runconfig(quickstart):
