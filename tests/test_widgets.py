@@ -410,8 +410,7 @@ def test_dashboard_draws_a_recorded_run(quickstart, workdir):
     (bar,) = db.comm_fig.data
     assert isinstance(bar, go.Bar) and list(bar.x) == ["rank 0", "rank 1"]
     assert list(bar.y) == evs[-1]["comm_bytes"] and list(bar.text) == ["423.0 KiB"] * 2
-    assert "constant over 120 logged steps" in db.comm_fig.layout.title.text
-    assert db.comm_fig.layout.xaxis.title.text == "rank"
+    assert db.comm_fig.layout.xaxis.title.text == "rank (the same in all 120 reports)"
     assert np.allclose(db.throughput_fig.data[3].y, [10.0] * 120)  # MFU in %
     assert list(db.lr_fig.data[0].y) == [e["lr"] for e in evs]
     assert "finished" in db.status_html.value and "step 120 / 200" in db.status_html.value
@@ -435,8 +434,15 @@ def test_comm_bytes_that_move_show_their_range(quickstart, workdir):
     db = Dashboard(write_run(os.path.abspath("runs/comm"), quickstart, evs))
     (bar,) = db.comm_fig.data
     assert list(bar.y) == evs[-1]["comm_bytes"]  # the last step's, per rank
-    assert "varied" in db.comm_fig.layout.title.text
+    assert db.comm_fig.layout.xaxis.title.text == "rank (varied: the last of 6 reports)"
     assert "ranged 1000 B to 423.0 KiB" in bar.hovertext[0] and "ranged 2.0 KiB to 423.0 KiB" in bar.hovertext[1]
+    # as the worker logs it: once, with what it measured; the figure claims nothing about the other steps
+    evs = events_of(4)
+    evs[1].update(comm_bytes=[433152, 433152], comm_bytes_scope="optimizer step 1 (payload handed to collectives)")
+    db = Dashboard(write_run(os.path.abspath("runs/once"), quickstart, evs))
+    assert list(db.comm_fig.data[0].y) == [433152, 433152]
+    assert db.comm_fig.layout.xaxis.title.text == "rank (reported once: optimizer step 1)"
+    assert "measured: optimizer step 1 (payload" in db.comm_fig.data[0].hovertext[0]
 
 
 def test_stop_button_is_live_only_while_the_run_can_stop(quickstart, workdir):

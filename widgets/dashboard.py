@@ -120,6 +120,7 @@ class _Store:
         self.comm_min: list[float] = []
         self.comm_max: list[float] = []
         self.comm_events = 0
+        self.comm_scope: str | None = None  # what the worker says it measured ("optimizer step 1 (...)")
         self.eval_step: list[float] = []
         self.eval_tokens: list[float] = []
         self.eval_loss: list[float] = []
@@ -145,6 +146,8 @@ class _Store:
         comm = ev.get("comm_bytes")
         if isinstance(comm, list):
             self._add_comm([_num(v) for v in comm])
+            if isinstance(ev.get("comm_bytes_scope"), str):
+                self.comm_scope = ev["comm_bytes_scope"]
         if ev.get("eval_loss") is not None:
             self.eval_step.append(step)
             self.eval_tokens.append(tokens)
@@ -447,13 +450,18 @@ class Dashboard(W.VBox):
             bar.y = list(s.comm_last)
             bar.text = [fmt_bytes(v) for v in s.comm_last]
             bar.hovertext = [
-                f"{fmt_bytes(v)} per optimizer step; "
-                + (f"ranged {fmt_bytes(lo)} to {fmt_bytes(hi)}" if m else "the same at every step")
-                + f" ({s.comm_events} logged steps)"
+                f"{fmt_bytes(v)} per optimizer step"
+                + (f"; ranged {fmt_bytes(lo)} to {fmt_bytes(hi)} over {s.comm_events} reports" if m else "")
+                + (f"; measured: {s.comm_scope}" if s.comm_scope else "")
                 for v, lo, hi, m in zip(s.comm_last, s.comm_min, s.comm_max, moved, strict=True)
             ]
-            when = "varied: the last step's" if any(moved) else f"constant over {s.comm_events} logged steps"
-            self.comm_fig.layout.title.text = f"comm_bytes per rank per optimizer step ({when})"
+            if any(moved):
+                note = f"varied: the last of {s.comm_events} reports"
+            elif s.comm_events > 1:
+                note = f"the same in all {s.comm_events} reports"
+            else:  # the worker measures it once; say where, claim nothing about other steps
+                note = "reported once" + (f": {s.comm_scope.split(' (')[0]}" if s.comm_scope else "")
+            self.comm_fig.layout.xaxis.title.text = f"rank ({note})"
         self._comm_box.layout.display = None
 
     @staticmethod
