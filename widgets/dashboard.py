@@ -33,143 +33,11 @@ import numpy as np
 import plotly.graph_objects as go
 
 from widgets.downsample import MAX_POINTS, lttb, minmax
+from widgets.figures import COLORS, FIGURE_WIDTH, STATE_COLORS, RunStore, as_float, figure, line
 from widgets.fmt import fmt_bytes, fmt_duration
 from widgets.smoothing import EMA
 from widgets.tensorboard import TensorBoardButton
 from workbench.runs import TERMINAL, Run
-
-# scalar keys of a metric event that the dashboard draws (metrics.jsonl contract, workbench/telemetry.py)
-SCALARS = ("loss", "lr", "grad_norm", "tokens_per_s", "mfu")
-SMOOTHED = ("loss", "tokens_per_s", "mfu", "grad_norm")  # noisy series: raw faint + smoothed on top
-COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f")
-STATE_COLORS = {"running": "#1f77b4", "finished": "#2ca02c", "stopped": "#ff7f0e", "failed": "#d62728"}
-
-
-def _num(v: Any) -> float:
-    if v is None or isinstance(v, bool):
-        return float("nan")
-    try:
-        return float(v)
-    except (TypeError, ValueError):
-        return float("nan")
-
-
-# A FigureWidget inside an ipywidgets container does not follow the container's size (plotly.py#5208: it
-# draws 700 px wide and gets clipped), so the figures have a fixed width: two side by side fit a notebook.
-FIGURE_WIDTH = 470
-FIGURE_HEIGHT = 290
-# The top margin holds two rows, so that a title and a legend never share one (they collided on the tokens/s
-# figure, whose legend reached left under its title): the title alone at the top, the legend's row (up to two
-# lines) sitting on the plot's top edge below it.
-TITLE_SIZE = 14
-LEGEND_SIZE = 11
-TOP_MARGIN = 66
-
-
-def _figure(title: str, y_title: str, x_title: str = "step", secondary: str | None = None) -> go.FigureWidget:
-    layout = go.Layout(
-        title={
-            "text": title,
-            "x": 0.02,
-            "xanchor": "left",
-            "font": {"size": TITLE_SIZE},
-            "yref": "container",
-            "y": 1 - 6 / FIGURE_HEIGHT,
-            "yanchor": "top",
-        },  # fmt: skip
-        width=FIGURE_WIDTH,
-        height=FIGURE_HEIGHT,
-        margin={"l": 60, "r": 60 if secondary else 20, "t": TOP_MARGIN, "b": 40},
-        template="plotly_white",
-        legend={
-            "orientation": "h",
-            "y": 1,
-            "x": 1,
-            "xanchor": "right",
-            "yanchor": "bottom",
-            "font": {"size": LEGEND_SIZE},
-        },  # fmt: skip
-        xaxis={"title": {"text": x_title}},
-        yaxis={"title": {"text": y_title}},
-        uirevision="keep",  # user zoom survives redraws
-    )
-    if secondary:
-        layout.yaxis2 = {"title": {"text": secondary}, "overlaying": "y", "side": "right", "showgrid": False}
-    return go.FigureWidget(layout=layout)
-
-
-def _line(name: str, color: str, raw: bool = False, yaxis: str = "y", dash: str | None = None, **kw) -> go.Scatter:
-    line = {"color": color, "width": 1 if raw else 2}
-    if dash:
-        line["dash"] = dash
-    return go.Scatter(
-        x=[], y=[], name=name, mode="lines", line=line, opacity=0.25 if raw else 1.0, yaxis=yaxis,
-        showlegend=not raw, hoverinfo="x+y+name", **kw,
-    )  # fmt: skip
-
-
-class _Store:
-    """The run's events at full resolution, column by column (the figures get downsampled copies)."""
-
-    def __init__(self) -> None:
-        self.step: list[float] = []
-        self.tokens: list[float] = []
-        self.cols: dict[str, list[float]] = {k: [] for k in SCALARS}
-        self.mem: list[list[float]] = []  # per event, one value per rank
-        self.comm_last: list[float] = []  # comm_bytes per rank at the last event that reported them
-        self.comm_min: list[float] = []
-        self.comm_max: list[float] = []
-        self.comm_events = 0
-        self.comm_scope: str | None = None  # what the worker says it measured ("optimizer step 1 (...)")
-        self.eval_step: list[float] = []
-        self.eval_tokens: list[float] = []
-        self.eval_loss: list[float] = []
-        self.times: list[float] = []  # the worker's wall-clock time of each event
-        self.entropy_floor: float | None = None
-        self.effective: dict[str, Any] | None = None
-        self.has_comm = False
-        self.ranks = 0
-
-    def add(self, ev: dict[str, Any]) -> None:
-        if "step" not in ev:
-            return
-        step = _num(ev["step"])
-        tokens = _num(ev.get("tokens"))
-        self.step.append(step)
-        self.tokens.append(tokens)
-        for k in SCALARS:
-            self.cols[k].append(_num(ev.get(k)))
-        mem = ev.get("mem_bytes")
-        mem = [_num(v) for v in mem] if isinstance(mem, list) else []
-        self.mem.append(mem)
-        self.ranks = max(self.ranks, len(mem))
-        comm = ev.get("comm_bytes")
-        if isinstance(comm, list):
-            self._add_comm([_num(v) for v in comm])
-            if isinstance(ev.get("comm_bytes_scope"), str):
-                self.comm_scope = ev["comm_bytes_scope"]
-        if ev.get("eval_loss") is not None:
-            self.eval_step.append(step)
-            self.eval_tokens.append(tokens)
-            self.eval_loss.append(_num(ev["eval_loss"]))
-        if ev.get("entropy_floor") is not None:
-            self.entropy_floor = _num(ev["entropy_floor"])
-        if isinstance(ev.get("effective"), dict):
-            self.effective = ev["effective"]
-        self.times.append(_num(ev.get("time")))
-
-    def _add_comm(self, comm: list[float]) -> None:
-        if len(comm) != len(self.comm_last):  # a new rank count: start the range over
-            self.comm_min, self.comm_max = list(comm), list(comm)
-        self.comm_last = comm
-        self.comm_min = [min(a, b) for a, b in zip(self.comm_min, comm, strict=True)]
-        self.comm_max = [max(a, b) for a, b in zip(self.comm_max, comm, strict=True)]
-        self.comm_events += 1
-        self.has_comm = True
-        self.ranks = max(self.ranks, len(comm))
-
-    def __len__(self) -> int:
-        return len(self.step)
 
 
 class Dashboard(W.VBox):
@@ -186,7 +54,7 @@ class Dashboard(W.VBox):
     def __init__(self, run: Run | str | None = None, smoothing: float = 0.6, x_axis: str = "step"):
         self.run: Run | None = None
         self._reader: Run | None = None
-        self._store = _Store()
+        self._store = RunStore()
         self._ema: dict[str, EMA] = {}
         self._lock = threading.RLock()
         self._thread: threading.Thread | None = None
@@ -217,28 +85,36 @@ class Dashboard(W.VBox):
         for c in (self.x_axis, self.smoothing, self.log_y):
             c.observe(lambda _: self.redraw(), names="value")
 
-        # ---- figures (attributes, so vars(dashboard) finds them) ----
-        self.loss_fig = _figure("loss", "loss (nats/token)")
-        self.loss_fig.add_trace(_line("loss", COLORS[0], raw=True))
-        self.loss_fig.add_trace(_line("loss (smoothed)", COLORS[0]))
+        grid = self._build_figures()
+        header = W.HBox([self.status_html, self.stop_button, self.tensorboard], layout=W.Layout(align_items="center"))
+        controls = W.HBox([self.x_axis, self.smoothing, self.log_y], layout=W.Layout(align_items="center"))
+        super().__init__([header, self.error_html, controls, grid])
+        if run is not None:
+            self.set_run(run)
+
+    def _build_figures(self) -> W.Widget:
+        """The figures (attributes, so vars(dashboard) finds them), in a grid two wide."""
+        self.loss_fig = figure("loss", "loss (nats/token)")
+        self.loss_fig.add_trace(line("loss", COLORS[0], raw=True))
+        self.loss_fig.add_trace(line("loss (smoothed)", COLORS[0]))
         self.loss_fig.add_trace(
             go.Scatter(x=[], y=[], name="eval_loss", mode="lines+markers", line={"color": COLORS[1], "width": 2})
         )
-        self.loss_fig.add_trace(_line("entropy_floor", "#555555", dash="dash"))
-        self.throughput_fig = _figure("tokens_per_s and mfu", "tokens/s", secondary="MFU (%)")
-        self.throughput_fig.add_trace(_line("tokens_per_s", COLORS[2], raw=True))
-        self.throughput_fig.add_trace(_line("tokens_per_s (smoothed)", COLORS[2]))
-        self.throughput_fig.add_trace(_line("mfu", COLORS[4], raw=True, yaxis="y2"))
-        self.throughput_fig.add_trace(_line("mfu (smoothed)", COLORS[4], yaxis="y2"))
-        self.memory_fig = _figure("mem_bytes per rank", "bytes")
+        self.loss_fig.add_trace(line("entropy_floor", "#555555", dash="dash"))
+        self.throughput_fig = figure("tokens_per_s and mfu", "tokens/s", secondary="MFU (%)")
+        self.throughput_fig.add_trace(line("tokens_per_s", COLORS[2], raw=True))
+        self.throughput_fig.add_trace(line("tokens_per_s (smoothed)", COLORS[2]))
+        self.throughput_fig.add_trace(line("mfu", COLORS[4], raw=True, yaxis="y2"))
+        self.throughput_fig.add_trace(line("mfu (smoothed)", COLORS[4], yaxis="y2"))
+        self.memory_fig = figure("mem_bytes per rank", "bytes")
         self.memory_fig.layout.yaxis.ticksuffix = "B"
         self.memory_fig.layout.yaxis.exponentformat = "SI"  # "100MB"; plotly would write billions as "1BB"
-        self.lr_fig = _figure("lr", "learning rate")
-        self.lr_fig.add_trace(_line("lr", COLORS[5]))
-        self.grad_norm_fig = _figure("grad_norm", "global grad norm")
-        self.grad_norm_fig.add_trace(_line("grad_norm", COLORS[3], raw=True))
-        self.grad_norm_fig.add_trace(_line("grad_norm (smoothed)", COLORS[3]))
-        self.comm_fig = _figure("comm_bytes per rank (per optimizer step)", "bytes", x_title="rank")
+        self.lr_fig = figure("lr", "learning rate")
+        self.lr_fig.add_trace(line("lr", COLORS[5]))
+        self.grad_norm_fig = figure("grad_norm", "global grad norm")
+        self.grad_norm_fig.add_trace(line("grad_norm", COLORS[3], raw=True))
+        self.grad_norm_fig.add_trace(line("grad_norm (smoothed)", COLORS[3]))
+        self.comm_fig = figure("comm_bytes per rank (per optimizer step)", "bytes", x_title="rank")
         self.comm_fig.layout.yaxis.ticksuffix = "B"
         self.comm_fig.layout.yaxis.exponentformat = "SI"  # "100MB"; plotly would write billions as "1BB"
         self.comm_fig.add_trace(go.Bar(x=[], y=[], name="comm_bytes", marker={"color": COLORS[0]}, showlegend=False,
@@ -257,11 +133,7 @@ class Dashboard(W.VBox):
             ],
             layout=W.Layout(grid_template_columns=f"repeat(auto-fill, {FIGURE_WIDTH}px)", grid_gap="4px", width="100%"),
         )
-        header = W.HBox([self.status_html, self.stop_button, self.tensorboard], layout=W.Layout(align_items="center"))
-        controls = W.HBox([self.x_axis, self.smoothing, self.log_y], layout=W.Layout(align_items="center"))
-        super().__init__([header, self.error_html, controls, grid])
-        if run is not None:
-            self.set_run(run)
+        return grid
 
     # ---------------------------------------------------------------------------------------------
     # following a run
@@ -275,7 +147,7 @@ class Dashboard(W.VBox):
             self.run = run
             # A reader of our own: the caller's Run keeps its own file offset for follow()/new_metrics().
             self._reader = Run(run.path)
-            self._store = _Store()
+            self._store = RunStore()
             self._ema = {}
             self._pending_times = []
             self._max_steps = None
@@ -299,7 +171,7 @@ class Dashboard(W.VBox):
     def _ingest(self, events: list[dict[str, Any]], live: bool = False) -> None:
         for ev in events:
             self._store.add(ev)
-            t = _num(ev.get("time"))
+            t = as_float(ev.get("time"))
             if live and math.isfinite(t):  # latency is measured only for events that arrive while we follow
                 self._pending_times.append(t)
         if events:
@@ -470,7 +342,7 @@ class Dashboard(W.VBox):
         if have > ranks:
             fig.data = fig.data[:ranks]
         for r in range(have, ranks):
-            fig.add_trace(_line(f"rank {r}", COLORS[r % len(COLORS)]))
+            fig.add_trace(line(f"rank {r}", COLORS[r % len(COLORS)]))
 
     def update_status(self) -> None:
         """Status line: state, step / max_steps, elapsed, ETA; the worker's error text when it failed."""
