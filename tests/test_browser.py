@@ -60,6 +60,26 @@ STATUS_JS = """() => {
 }"""
 
 
+# the dashboard after the run: Stop's state, the comm figure's trace type, and whether any figure's title box
+# overlaps its legend box on screen
+DASHBOARD_JS = """() => {
+  const stop = [...document.querySelectorAll('button.widget-button')].find(b => b.innerText.trim() === 'Stop');
+  const overlaps = [];
+  let comm = null;
+  for (const gd of document.querySelectorAll('.js-plotly-plot')) {
+    const t = gd.layout && gd.layout.title;
+    const text = (t && (typeof t === 'string' ? t : t.text)) || '';
+    if (text.startsWith('comm_bytes')) comm = gd.data.map(d => d.type || 'scatter');
+    const title = gd.querySelector('.gtitle'), legend = gd.querySelector('.legend');
+    if (!title || !legend) continue;
+    const a = title.getBoundingClientRect(), b = legend.getBoundingClientRect();
+    if (a.left < b.right && b.left < a.right && a.top < b.bottom && b.top < a.bottom) overlaps.push(text);
+  }
+  return {stop: stop ? {disabled: stop.disabled, warning: stop.classList.contains('mod-warning')} : null,
+          comm: comm, overlaps: overlaps};
+}"""
+
+
 def _free_port() -> int:
     from workbench.launch import free_port
 
@@ -150,6 +170,7 @@ def test_workbench_launch_in_jupyterlab(tmp_path):
                     time.sleep(0.25)
                 time.sleep(1.0)  # the last redraw after the status turned
                 final = page.evaluate(LOSS_POINTS_JS)
+                dashboard = page.evaluate(DASHBOARD_JS)
                 # JupyterLab scrolls the notebook inside the page: bring the dashboard into view for the picture
                 page.locator(".widget-html-content", has_text="elapsed").first.evaluate("e => e.scrollIntoView()")
                 time.sleep(0.5)
@@ -171,6 +192,11 @@ def test_workbench_launch_in_jupyterlab(tmp_path):
     during = sorted({c for c in counts if 0 < c < final})
     assert len(during) >= 2, counts  # the figure grew while the run trained, not only at the end
     assert counts == sorted(counts), counts  # and only grew
+    # the finished run's dashboard: Stop disabled and not highlighted; comm bytes as bars (a 2-process ddp run
+    # reports them), not a flat line per rank; no title drawn over its legend
+    assert dashboard["stop"] == {"disabled": True, "warning": False}, dashboard
+    assert dashboard["comm"] == ["bar"], dashboard
+    assert dashboard["overlaps"] == [], dashboard
     # the run trained exactly the config the notebook gave: rendering the controls in the browser changed no value
     import workbench as wb
 

@@ -10,6 +10,7 @@ import math
 import os
 import shlex
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -23,8 +24,12 @@ import workbench.config as C
 from widgets import Compare, ConfigPanel, Dashboard, Workbench
 from widgets.config_panel import ChoiceButtons, leaf_keys
 from widgets.downsample import lttb, minmax
+from widgets.panel_rules import strategy_rules
 from workbench.config import ConfigError, DeviceInfo
 
+QUICKSTART_YAML = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "quickstart.yaml"
+)
 CPU2 = DeviceInfo("cpu", 2, "cpu")
 H100x8 = DeviceInfo("cuda", 8, "NVIDIA H100 80GB HBM3", (9, 0))
 A100x2 = DeviceInfo("cuda", 2, "NVIDIA A100-SXM4-80GB", (8, 0))
@@ -86,7 +91,11 @@ def test_panel_has_a_control_labelled_with_every_key(quickstart):
     for k in keys:
         assert panel.labels[k].value == k  # widget label = config key
     assert panel.config == quickstart
+    assert panel.base == quickstart  # public: Workbench reads runs_dir from it
     assert isinstance(ConfigPanel().config, wb.RunConfig)
+    other = quickstart.override({"runs_dir": "elsewhere", "name": "b"})
+    panel.set_config(other)
+    assert panel.base == other and Workbench(other, devices=CPU2).compare.runs_dir == "elsewhere"
 
 
 def test_panel_controls_build_the_runconfig(quickstart):
@@ -140,36 +149,59 @@ def test_derived_values_follow_the_controls(quickstart):
     assert f"{panel.derived['num_params']:,}" in panel.derived_html.value
 
 
-def test_unavailable_options_are_disabled_with_the_reason(quickstart, monkeypatch):
+def test_panel_sizes_come_from_the_plan_without_torch(quickstart):
+    """Parameters and FLOPs per token are the plan's torch-free closed forms: building a panel and changing it
+    imports neither torch nor the model code (the panel once imported models/gpt.py's copy of the formulas)."""
+    code = (
+        "import sys, workbench as wb\n"
+        "from widgets import ConfigPanel\n"
+        "from workbench.config import DeviceInfo\n"
+        f"p = ConfigPanel(wb.RunConfig.from_yaml({QUICKSTART_YAML!r}), devices=DeviceInfo('cpu', 2, 'cpu'))\n"
+        "p.controls['model.n_layer'].value = 3\n"
+        "assert p.derived['num_params'] == p.plan.num_params and p.derived['flops_per_token'] == p.plan.flops_per_token\n"
+        "print(sorted(m for m in ('torch', 'workbench.models.gpt') if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "[]"
+    # your own model: its size is known only once it is built, so the panel shows none rather than a guess
+    panel = ConfigPanel(quickstart.override({"model.arch": "mymodel:build"}), devices=CPU2)
+    assert panel.derived["num_params"] is None and "flops_per_token" not in panel.derived
+    assert "counted when the custom model is built" in panel.derived_html.value
+
+
+def test_unavailable_options_are_disabled_with_the_reason(quickstart):
     panel = ConfigPanel(quickstart, devices=CPU2)
     prec = panel.controls["precision"]
     assert isinstance(prec, ChoiceButtons)
     assert prec.buttons["fp8"].disabled and "compute capability >= 8.9" in prec.buttons["fp8"].tooltip
-    assert "fp8: needs an NVIDIA GPU" in panel._notes["precision"].value
+    assert "fp8: needs an NVIDIA GPU" in panel.notes["precision"].value
     prec.buttons["fp8"].click()  # a disabled option cannot be picked
     assert panel.config.precision == "fp32"
     assert not prec.buttons["bf16"].disabled
     assert panel.controls["device"].buttons["cuda"].disabled
     # processes: up to what this machine runs (validate() allows 2 CPU processes per core)
     assert panel.controls["parallel.num_processes"].max == 4
-    assert "at most 4 here (2 CPU cores" in panel._notes["parallel.num_processes"].value
+    assert "at most 4 here (2 CPU cores" in panel.notes["parallel.num_processes"].value
     strat = panel.controls["parallel.strategy"]
-    for s in C.STRATEGIES:  # read at test time: the parallelism issue grows IMPLEMENTED_STRATEGIES
-        if s not in C.IMPLEMENTED_STRATEGIES:
-            assert strat.buttons[s].disabled and strat.reasons[s] == "not available in this version yet"
+    assert tuple(strat.buttons) == C.STRATEGIES  # every strategy the config accepts is offered
+    # with the most processes this machine runs, every strategy can be picked: none is "not available"
+    panel.controls["parallel.num_processes"].value = 4
+    assert [s for s in C.STRATEGIES if strat.buttons[s].disabled] == [], strat.reasons
     assert not strat.buttons["ddp"].disabled
 
-    # a strategy that is implemented but needs more processes than the config has
-    monkeypatch.setattr(C, "IMPLEMENTED_STRATEGIES", tuple(C.STRATEGIES))
+    # a strategy that needs more processes than the config has
     panel.controls["parallel.num_processes"].value = 1
+    assert not strat.buttons["ddp"].disabled
+    assert strat.buttons["zero3"].disabled and strat.reasons["zero3"] == "needs parallel.num_processes >= 2"
     assert strat.buttons["tp"].disabled and strat.reasons["tp"] == "needs parallel.num_processes >= 2"
     panel.controls["parallel.num_processes"].value = 2
     assert not strat.buttons["tp"].disabled
-    assert strat.buttons["dp_tp"].disabled  # needs 4
+    assert not strat.buttons["dp_tp"].disabled  # dp 1 x tp 2: validate() accepts it, so the panel offers it
     # keys that only matter for another strategy are disabled, and say when they matter
     assert panel.controls["parallel.pp_schedule"].disabled
     assert all(b.disabled for b in panel.controls["parallel.pp_schedule"].buttons.values())
-    assert "used when parallel.strategy is pp" in panel._notes["parallel.pp_schedule"].value
+    assert "used when parallel.strategy is pp" in panel.notes["parallel.pp_schedule"].value
 
     # on an H100 node fp8 and cuda are available, and 8 processes
     gpu = ConfigPanel(quickstart, devices=H100x8)
@@ -183,13 +215,36 @@ def test_unavailable_options_are_disabled_with_the_reason(quickstart, monkeypatc
     assert a100.launch_button.disabled
 
 
+def _layout(strategy, n):
+    """parallel.* values that suit `strategy` on n processes (so that only the process count can be wrong)."""
+    sizes = {"tp": {"parallel.tp_size": n}, "pp": {"parallel.pp_size": n}, "dp_tp": {"parallel.tp_size": 2 - n % 2}}
+    return {"parallel.strategy": strategy, "parallel.num_processes": n, **sizes.get(strategy, {})}
+
+
+def test_panel_strategy_rules_agree_with_validate(quickstart):
+    """The processes the panel asks of a strategy are exactly what cfg.validate() asks: the fewest with which
+    it reports no parallel.* problem. (The panel once disabled dp_tp below 4 processes; validate takes 2.)"""
+    rules = strategy_rules()
+    for s in C.STRATEGIES:
+        need = rules.min_processes.get(s, 1)
+        ok = quickstart.override(_layout(s, need)).validate(CPU2)
+        assert [p for p in ok if p.key.startswith("parallel.")] == [], (s, need)
+        if need > 1:
+            short = quickstart.override(_layout(s, need - 1)).validate(CPU2)
+            assert [p for p in short if p.key.startswith("parallel.")], (s, need - 1)
+    keys = {k for k, _, _ in leaf_keys(quickstart)}
+    for key, (setting, values, reason) in rules.relevant_when.items():
+        assert key in keys and setting in keys and values, key
+        assert reason == f"used when {setting} is {' or '.join(values)}"
+
+
 def test_validation_messages_inline_and_launch_disabled(quickstart, workdir):
     panel = ConfigPanel(quickstart, devices=CPU2)
     assert not panel.launch_button.disabled
     panel.set("model.n_head", 5)  # as if loaded from a file: 64 % 5 != 0
     assert [p.key for p in panel.problems] == ["model.n_head"]
-    assert "model.n_head: d_model 64 is not divisible by n_head 5" in panel._msgs["model.n_head"].value
-    assert panel._msgs["micro_batch_size"].value == ""
+    assert "model.n_head: d_model 64 is not divisible by n_head 5" in panel.messages["model.n_head"].value
+    assert panel.messages["micro_batch_size"].value == ""
     assert panel.launch_button.disabled
     assert "1 problem" in panel.problems_html.value
     with pytest.raises(ConfigError) as e:
@@ -199,8 +254,8 @@ def test_validation_messages_inline_and_launch_disabled(quickstart, workdir):
     panel.controls["log_every"].value = 0
     keys = {p.key for p in panel.problems}
     assert keys == {"model.n_head", "optimizer.betas", "log_every"}
-    assert "optimizer.betas: write a list" in panel._msgs["optimizer.betas"].value
-    assert "log_every: must be between 1 and" in panel._msgs["log_every"].value
+    assert "optimizer.betas: write a list" in panel.messages["optimizer.betas"].value
+    assert "log_every: must be between 1 and" in panel.messages["log_every"].value
     panel.controls["model.n_head"].value = 4
     panel.controls["optimizer.betas"].value = "[0.9, 0.95]"
     panel.controls["log_every"].value = 10
@@ -350,11 +405,18 @@ def test_dashboard_draws_a_recorded_run(quickstart, workdir):
     assert list(floor.y) == [2.0, 2.0] and list(floor.x) == [1, 120]
     assert [t.name for t in db.memory_fig.data] == ["rank 0", "rank 1"]
     assert list(db.memory_fig.data[1].y) == [e["mem_bytes"][1] for e in evs]
-    assert db._comm_box.layout.display is None and len(db.comm_fig.data) == 2
+    assert db._comm_box.layout.display is None
+    # comm bytes are the same every step: one bar per rank, drawn once, not a flat line per rank over steps
+    (bar,) = db.comm_fig.data
+    assert isinstance(bar, go.Bar) and list(bar.x) == ["rank 0", "rank 1"]
+    assert list(bar.y) == evs[-1]["comm_bytes"] and list(bar.text) == ["423.0 KiB"] * 2
+    assert db.comm_fig.layout.xaxis.title.text == "rank (the same in all 120 reports)"
     assert np.allclose(db.throughput_fig.data[3].y, [10.0] * 120)  # MFU in %
     assert list(db.lr_fig.data[0].y) == [e["lr"] for e in evs]
     assert "finished" in db.status_html.value and "step 120 / 200" in db.status_html.value
-    assert "elapsed 2:10" in db.status_html.value and db.stop_button.disabled
+    assert "elapsed 2:10" in db.status_html.value
+    # a finished run (attached after the fact): nothing to stop, so Stop is neither enabled nor highlighted
+    assert db.stop_button.disabled and db.stop_button.button_style == ""
     db.x_axis.value = "tokens"
     assert list(db.loss_fig.data[0].x) == [e["tokens"] for e in evs]
     assert db.loss_fig.layout.xaxis.title.text == "tokens"
@@ -364,6 +426,88 @@ def test_dashboard_draws_a_recorded_run(quickstart, workdir):
     assert db.loss_fig.layout.yaxis.type == "log"
     # the caller's Run keeps its own place in the file
     assert len(run.new_metrics()) == 120
+
+
+def test_comm_bytes_that_move_show_their_range(quickstart, workdir):
+    evs = events_of(6, comm=True)
+    evs[2]["comm_bytes"] = [1000, 2000]  # one step moved a different payload
+    db = Dashboard(write_run(os.path.abspath("runs/comm"), quickstart, evs))
+    (bar,) = db.comm_fig.data
+    assert list(bar.y) == evs[-1]["comm_bytes"]  # the last step's, per rank
+    assert db.comm_fig.layout.xaxis.title.text == "rank (varied: the last of 6 reports)"
+    assert "ranged 1000 B to 423.0 KiB" in bar.hovertext[0] and "ranged 2.0 KiB to 423.0 KiB" in bar.hovertext[1]
+    # as the worker logs it: once, with what it measured; the figure claims nothing about the other steps
+    evs = events_of(4)
+    evs[1].update(comm_bytes=[433152, 433152], comm_bytes_scope="optimizer step 1 (payload handed to collectives)")
+    db = Dashboard(write_run(os.path.abspath("runs/once"), quickstart, evs))
+    assert list(db.comm_fig.data[0].y) == [433152, 433152]
+    assert db.comm_fig.layout.xaxis.title.text == "rank (reported once: optimizer step 1)"
+    assert "measured: optimizer step 1 (payload" in db.comm_fig.data[0].hovertext[0]
+
+
+def test_stop_button_is_live_only_while_the_run_can_stop(quickstart, workdir):
+    """Enabled and highlighted while running; disabled and plain once the run reaches any final state."""
+    path = os.path.abspath("runs/going")
+    for final in ("finished", "failed", "stopped"):
+        run = write_run(path, quickstart, events_of(3), state="running", supervisor_pid=os.getpid(),
+                        host=os.uname().nodename)  # fmt: skip
+        db = Dashboard(run)
+        try:
+            assert not db.stop_button.disabled and db.stop_button.button_style == "warning"
+            with open(os.path.join(path, "status.json"), "w") as f:
+                json.dump({"state": final, "error": "x" if final == "failed" else None}, f)
+            assert db.wait(10)  # the follower sees the final state and updates the status line and the button
+            assert final in db.status_html.value
+            assert db.stop_button.disabled and db.stop_button.button_style == "", final
+            assert db.stop_button.description == "Stop"
+        finally:
+            db.close()
+    # asked to stop: disabled at once (the run is still going), and not highlighted either
+    run = write_run(path, quickstart, events_of(3), state="running", supervisor_pid=os.getpid(),
+                    host=os.uname().nodename)  # fmt: skip
+    db = Dashboard(run)
+    db.stop_button.click()
+    assert db.stop_button.disabled and db.stop_button.button_style == "" and db.stop_button.description == "Stopping..."
+    db.update_status()
+    assert db.stop_button.disabled and db.stop_button.button_style == ""
+    db.close()
+
+
+def _title_band(fig):
+    """(top, bottom) pixels of a figure's title, as plotly.js places it."""
+    lay = fig.layout
+    size = lay.title.font.size or 17
+    if lay.title.y is None:  # plotly's "auto": the title's baseline on the middle of the top margin
+        return lay.margin.t / 2 - size, lay.margin.t / 2 + 0.3 * size
+    assert lay.title.yref == "container" and lay.title.yanchor == "top"
+    top = (1 - lay.title.y) * lay.height
+    return top, top + 1.3 * size
+
+
+def _legend_band(fig, rows=1):
+    """(top, bottom) pixels of a horizontal legend anchored by its bottom above the plot area."""
+    lay = fig.layout
+    assert lay.legend.yanchor == "bottom" and lay.legend.y >= 1
+    plot_h = lay.height - lay.margin.t - lay.margin.b
+    bottom = lay.margin.t - (lay.legend.y - 1) * plot_h
+    return bottom - rows * 1.8 * (lay.legend.font.size or 12), bottom
+
+
+def test_figure_titles_and_legends_never_overlap(quickstart, workdir):
+    db = Dashboard(write_run(os.path.abspath("runs/rec"), quickstart, events_of(10, comm=True)))
+    for name, fig in db.figures.items():
+        entries = [t.name for t in fig.data if t.showlegend is not False]
+        if len(entries) < 2:  # plotly draws no legend for a single trace unless asked
+            continue
+        font = fig.layout.legend.font.size or 12
+        plot_w = fig.layout.width - fig.layout.margin.l - fig.layout.margin.r
+        # each entry: its text (~0.6 em a character) and the 40 px line sample before it
+        rows = 1 if sum(len(e) * 0.6 * font + 40 for e in entries) <= plot_w else 2
+        t_top, t_bottom = _title_band(fig)
+        l_top, l_bottom = _legend_band(fig, rows)
+        assert t_top >= 0 and l_bottom <= fig.layout.margin.t, name
+        assert t_bottom <= l_top, (name, (t_top, t_bottom), (l_top, l_bottom))
+    assert "tokens_per_s" in db.throughput_fig.layout.title.text
 
 
 def test_dashboard_bounds_points_on_a_100000_step_run(quickstart, workdir):

@@ -25,7 +25,7 @@ from workbench.runs import Run
 class Workbench(W.VBox):
     def __init__(self, config: RunConfig | str | None = None, devices: DeviceInfo | None = None):
         self.panel = ConfigPanel(config, devices=devices)
-        runs_dir = self.panel._base.runs_dir
+        runs_dir = self.panel.base.runs_dir
         self.dashboard = Dashboard()
         self.dashboard.tensorboard.runs_dir = runs_dir
         self.tensorboard = self.dashboard.tensorboard

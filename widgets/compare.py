@@ -20,9 +20,9 @@ import numpy as np
 import plotly.graph_objects as go
 import yaml
 
-from widgets.config_panel import flat
-from widgets.dashboard import COLORS, FIGURE_WIDTH
+from widgets.controls import flat
 from widgets.downsample import MAX_POINTS, lttb, minmax
+from widgets.figures import COLORS, FIGURE_WIDTH
 from widgets.smoothing import ema
 from workbench.runs import Run, list_runs
 

@@ -5,8 +5,9 @@
 
 How the data flows, and why:
 - A daemon thread reads the events written since its last look (``Run.new_metrics()``, a file tail) every
-  0.1 s. The kernel stays free: other cells run while the figures move. (Updates from a background thread
-  reach the browser while the kernel is idle or busy; ../shared/FACTS.md measured it.)
+  0.1 s. The kernel stays free: other cells run while the figures move. (Measured in JupyterLab with headless
+  Chromium: updates from a background thread reach the browser while the kernel is idle and while another
+  cell runs, file write to screen in a median 58-141 ms with the 0.2 s polling of then.)
 - Redraws are throttled to at most 5 per second, and each redraw sends one message per figure
   (``batch_update``): a run that logs every step does not flood the browser.
 - Each trace is downsampled to at most 2,000 points (widgets/downsample.py): smoothed lines by
@@ -14,6 +15,8 @@ How the data flows, and why:
   sends as many points as a 2,000-step one.
 - Smoothing is a debiased EMA (widgets/smoothing.py), computed incrementally on the full-resolution series
   before downsampling; the raw series stays faint underneath.
+- What does not change from step to step is not a time series: the communication payload per optimizer step
+  is fixed by the layout, so it is one bar per rank (the last step's bytes), with its range if it ever moved.
 """
 
 from __future__ import annotations
@@ -30,117 +33,11 @@ import numpy as np
 import plotly.graph_objects as go
 
 from widgets.downsample import MAX_POINTS, lttb, minmax
+from widgets.figures import COLORS, FIGURE_WIDTH, STATE_COLORS, RunStore, as_float, figure, line
+from widgets.fmt import fmt_bytes, fmt_duration
 from widgets.smoothing import EMA
 from widgets.tensorboard import TensorBoardButton
 from workbench.runs import TERMINAL, Run
-
-# scalar keys of a metric event that the dashboard draws (metrics.jsonl contract, workbench/telemetry.py)
-SCALARS = ("loss", "lr", "grad_norm", "tokens_per_s", "mfu")
-SMOOTHED = ("loss", "tokens_per_s", "mfu", "grad_norm")  # noisy series: raw faint + smoothed on top
-COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f")
-STATE_COLORS = {"running": "#1f77b4", "finished": "#2ca02c", "stopped": "#ff7f0e", "failed": "#d62728"}
-
-
-def _fmt_duration(s: float | None) -> str:
-    if s is None or not math.isfinite(s):
-        return "-"
-    s = int(round(max(0.0, s)))
-    h, rem = divmod(s, 3600)
-    m, sec = divmod(rem, 60)
-    return f"{h}:{m:02d}:{sec:02d}" if h else f"{m}:{sec:02d}"
-
-
-def _num(v: Any) -> float:
-    if v is None or isinstance(v, bool):
-        return float("nan")
-    try:
-        return float(v)
-    except (TypeError, ValueError):
-        return float("nan")
-
-
-# A FigureWidget inside an ipywidgets container does not follow the container's size (plotly.py#5208: it
-# draws 700 px wide and gets clipped), so the figures have a fixed width: two side by side fit a notebook.
-FIGURE_WIDTH = 470
-
-
-def _figure(title: str, y_title: str, x_title: str = "step", secondary: str | None = None) -> go.FigureWidget:
-    layout = go.Layout(
-        title={"text": title, "x": 0.02, "font": {"size": 14}},
-        width=FIGURE_WIDTH,
-        height=270,
-        margin={"l": 60, "r": 60 if secondary else 20, "t": 40, "b": 40},
-        template="plotly_white",
-        legend={"orientation": "h", "y": 1.02, "x": 1, "xanchor": "right", "yanchor": "bottom"},
-        xaxis={"title": {"text": x_title}},
-        yaxis={"title": {"text": y_title}},
-        uirevision="keep",  # user zoom survives redraws
-    )
-    if secondary:
-        layout.yaxis2 = {"title": {"text": secondary}, "overlaying": "y", "side": "right", "showgrid": False}
-    return go.FigureWidget(layout=layout)
-
-
-def _line(name: str, color: str, raw: bool = False, yaxis: str = "y", dash: str | None = None, **kw) -> go.Scatter:
-    line = {"color": color, "width": 1 if raw else 2}
-    if dash:
-        line["dash"] = dash
-    return go.Scatter(
-        x=[], y=[], name=name, mode="lines", line=line, opacity=0.25 if raw else 1.0, yaxis=yaxis,
-        showlegend=not raw, hoverinfo="x+y+name", **kw,
-    )  # fmt: skip
-
-
-class _Store:
-    """The run's events at full resolution, column by column (the figures get downsampled copies)."""
-
-    def __init__(self) -> None:
-        self.step: list[float] = []
-        self.tokens: list[float] = []
-        self.cols: dict[str, list[float]] = {k: [] for k in SCALARS}
-        self.mem: list[list[float]] = []  # per event, one value per rank
-        self.comm: list[list[float] | None] = []
-        self.eval_step: list[float] = []
-        self.eval_tokens: list[float] = []
-        self.eval_loss: list[float] = []
-        self.times: list[float] = []  # the worker's wall-clock time of each event
-        self.entropy_floor: float | None = None
-        self.effective: dict[str, Any] | None = None
-        self.has_comm = False
-        self.ranks = 0
-
-    def add(self, ev: dict[str, Any]) -> None:
-        if "step" not in ev:
-            return
-        step = _num(ev["step"])
-        tokens = _num(ev.get("tokens"))
-        self.step.append(step)
-        self.tokens.append(tokens)
-        for k in SCALARS:
-            self.cols[k].append(_num(ev.get(k)))
-        mem = ev.get("mem_bytes")
-        mem = [_num(v) for v in mem] if isinstance(mem, list) else []
-        self.mem.append(mem)
-        self.ranks = max(self.ranks, len(mem))
-        comm = ev.get("comm_bytes")
-        if isinstance(comm, list):
-            self.comm.append([_num(v) for v in comm])
-            self.has_comm = True
-            self.ranks = max(self.ranks, len(comm))
-        else:
-            self.comm.append(None)
-        if ev.get("eval_loss") is not None:
-            self.eval_step.append(step)
-            self.eval_tokens.append(tokens)
-            self.eval_loss.append(_num(ev["eval_loss"]))
-        if ev.get("entropy_floor") is not None:
-            self.entropy_floor = _num(ev["entropy_floor"])
-        if isinstance(ev.get("effective"), dict):
-            self.effective = ev["effective"]
-        self.times.append(_num(ev.get("time")))
-
-    def __len__(self) -> int:
-        return len(self.step)
 
 
 class Dashboard(W.VBox):
@@ -157,7 +54,7 @@ class Dashboard(W.VBox):
     def __init__(self, run: Run | str | None = None, smoothing: float = 0.6, x_axis: str = "step"):
         self.run: Run | None = None
         self._reader: Run | None = None
-        self._store = _Store()
+        self._store = RunStore()
         self._ema: dict[str, EMA] = {}
         self._lock = threading.RLock()
         self._thread: threading.Thread | None = None
@@ -180,37 +77,48 @@ class Dashboard(W.VBox):
         self.log_y = W.Checkbox(value=False, description="log y", indent=False)
         self.status_html = W.HTML("<b>no run</b>")
         self.error_html = W.HTML("")
-        self.stop_button = W.Button(description="Stop", icon="stop", button_style="warning", disabled=True)
+        # highlighted only while there is a run to stop (see _show_stoppable)
+        self.stop_button = W.Button(description="Stop", icon="stop", button_style="", disabled=True)
         self.stop_button.tooltip = "the workers finish the step, save a checkpoint and exit as stopped"
         self.stop_button.on_click(lambda _: self.stop())
         self.tensorboard = TensorBoardButton("runs")
         for c in (self.x_axis, self.smoothing, self.log_y):
             c.observe(lambda _: self.redraw(), names="value")
 
-        # ---- figures (attributes, so vars(dashboard) finds them) ----
-        self.loss_fig = _figure("loss", "loss (nats/token)")
-        self.loss_fig.add_trace(_line("loss", COLORS[0], raw=True))
-        self.loss_fig.add_trace(_line("loss (smoothed)", COLORS[0]))
+        grid = self._build_figures()
+        header = W.HBox([self.status_html, self.stop_button, self.tensorboard], layout=W.Layout(align_items="center"))
+        controls = W.HBox([self.x_axis, self.smoothing, self.log_y], layout=W.Layout(align_items="center"))
+        super().__init__([header, self.error_html, controls, grid])
+        if run is not None:
+            self.set_run(run)
+
+    def _build_figures(self) -> W.Widget:
+        """The figures (attributes, so vars(dashboard) finds them), in a grid two wide."""
+        self.loss_fig = figure("loss", "loss (nats/token)")
+        self.loss_fig.add_trace(line("loss", COLORS[0], raw=True))
+        self.loss_fig.add_trace(line("loss (smoothed)", COLORS[0]))
         self.loss_fig.add_trace(
             go.Scatter(x=[], y=[], name="eval_loss", mode="lines+markers", line={"color": COLORS[1], "width": 2})
         )
-        self.loss_fig.add_trace(_line("entropy_floor", "#555555", dash="dash"))
-        self.throughput_fig = _figure("tokens_per_s and mfu", "tokens/s", secondary="MFU (%)")
-        self.throughput_fig.add_trace(_line("tokens_per_s", COLORS[2], raw=True))
-        self.throughput_fig.add_trace(_line("tokens_per_s (smoothed)", COLORS[2]))
-        self.throughput_fig.add_trace(_line("mfu", COLORS[4], raw=True, yaxis="y2"))
-        self.throughput_fig.add_trace(_line("mfu (smoothed)", COLORS[4], yaxis="y2"))
-        self.memory_fig = _figure("mem_bytes per rank", "bytes")
+        self.loss_fig.add_trace(line("entropy_floor", "#555555", dash="dash"))
+        self.throughput_fig = figure("tokens_per_s and mfu", "tokens/s", secondary="MFU (%)")
+        self.throughput_fig.add_trace(line("tokens_per_s", COLORS[2], raw=True))
+        self.throughput_fig.add_trace(line("tokens_per_s (smoothed)", COLORS[2]))
+        self.throughput_fig.add_trace(line("mfu", COLORS[4], raw=True, yaxis="y2"))
+        self.throughput_fig.add_trace(line("mfu (smoothed)", COLORS[4], yaxis="y2"))
+        self.memory_fig = figure("mem_bytes per rank", "bytes")
         self.memory_fig.layout.yaxis.ticksuffix = "B"
         self.memory_fig.layout.yaxis.exponentformat = "SI"  # "100MB"; plotly would write billions as "1BB"
-        self.lr_fig = _figure("lr", "learning rate")
-        self.lr_fig.add_trace(_line("lr", COLORS[5]))
-        self.grad_norm_fig = _figure("grad_norm", "global grad norm")
-        self.grad_norm_fig.add_trace(_line("grad_norm", COLORS[3], raw=True))
-        self.grad_norm_fig.add_trace(_line("grad_norm (smoothed)", COLORS[3]))
-        self.comm_fig = _figure("comm_bytes per rank (per optimizer step)", "bytes")
+        self.lr_fig = figure("lr", "learning rate")
+        self.lr_fig.add_trace(line("lr", COLORS[5]))
+        self.grad_norm_fig = figure("grad_norm", "global grad norm")
+        self.grad_norm_fig.add_trace(line("grad_norm", COLORS[3], raw=True))
+        self.grad_norm_fig.add_trace(line("grad_norm (smoothed)", COLORS[3]))
+        self.comm_fig = figure("comm_bytes per rank (per optimizer step)", "bytes", x_title="rank")
         self.comm_fig.layout.yaxis.ticksuffix = "B"
         self.comm_fig.layout.yaxis.exponentformat = "SI"  # "100MB"; plotly would write billions as "1BB"
+        self.comm_fig.add_trace(go.Bar(x=[], y=[], name="comm_bytes", marker={"color": COLORS[0]}, showlegend=False,
+                                       textposition="inside", hoverinfo="x+text"))  # fmt: skip
         self._comm_box = W.Box([self.comm_fig], layout=W.Layout(display="none", width=f"{FIGURE_WIDTH}px"))
 
         cell = W.Layout(width=f"{FIGURE_WIDTH}px", overflow="hidden")
@@ -225,11 +133,7 @@ class Dashboard(W.VBox):
             ],
             layout=W.Layout(grid_template_columns=f"repeat(auto-fill, {FIGURE_WIDTH}px)", grid_gap="4px", width="100%"),
         )
-        header = W.HBox([self.status_html, self.stop_button, self.tensorboard], layout=W.Layout(align_items="center"))
-        controls = W.HBox([self.x_axis, self.smoothing, self.log_y], layout=W.Layout(align_items="center"))
-        super().__init__([header, self.error_html, controls, grid])
-        if run is not None:
-            self.set_run(run)
+        return grid
 
     # ---------------------------------------------------------------------------------------------
     # following a run
@@ -243,7 +147,7 @@ class Dashboard(W.VBox):
             self.run = run
             # A reader of our own: the caller's Run keeps its own file offset for follow()/new_metrics().
             self._reader = Run(run.path)
-            self._store = _Store()
+            self._store = RunStore()
             self._ema = {}
             self._pending_times = []
             self._max_steps = None
@@ -267,7 +171,7 @@ class Dashboard(W.VBox):
     def _ingest(self, events: list[dict[str, Any]], live: bool = False) -> None:
         for ev in events:
             self._store.add(ev)
-            t = _num(ev.get("time"))
+            t = as_float(ev.get("time"))
             if live and math.isfinite(t):  # latency is measured only for events that arrive while we follow
                 self._pending_times.append(t)
         if events:
@@ -323,6 +227,7 @@ class Dashboard(W.VBox):
         if self.run is not None:
             self.run.stop()
             self.stop_button.disabled = True
+            self.stop_button.button_style = ""
             self.stop_button.description = "Stopping..."
 
     def close(self) -> None:
@@ -397,13 +302,8 @@ class Dashboard(W.VBox):
                 self.grad_norm_fig.layout.xaxis.title.text = xk
                 self.grad_norm_fig.layout.yaxis.type = log_type
             if s.has_comm:
-                self._ensure_rank_traces(self.comm_fig, s.ranks)
-                with self.comm_fig.batch_update():
-                    for r, trace in enumerate(self.comm_fig.data):
-                        ys = np.array([(c[r] if c and r < len(c) else np.nan) for c in s.comm], dtype=float)
-                        put(trace, x, ys, "minmax")
-                    self.comm_fig.layout.xaxis.title.text = xk
-                self._comm_box.layout.display = None
+                self._draw_comm()
+                points += len(s.comm_last)
             now = time.time()
             self.latencies.extend(now - t for t in self._pending_times)
             self._pending_times = []
@@ -412,13 +312,37 @@ class Dashboard(W.VBox):
             self.last_points = points
             self._dirty = False
 
+    def _draw_comm(self) -> None:
+        """One bar per rank: the last step's payload; the hover and the title say whether it ever moved."""
+        s = self._store
+        bar = self.comm_fig.data[0]
+        moved = [lo != hi for lo, hi in zip(s.comm_min, s.comm_max, strict=True)]
+        with self.comm_fig.batch_update():
+            bar.x = [f"rank {r}" for r in range(len(s.comm_last))]
+            bar.y = list(s.comm_last)
+            bar.text = [fmt_bytes(v) for v in s.comm_last]
+            bar.hovertext = [
+                f"{fmt_bytes(v)} per optimizer step"
+                + (f"; ranged {fmt_bytes(lo)} to {fmt_bytes(hi)} over {s.comm_events} reports" if m else "")
+                + (f"; measured: {s.comm_scope}" if s.comm_scope else "")
+                for v, lo, hi, m in zip(s.comm_last, s.comm_min, s.comm_max, moved, strict=True)
+            ]
+            if any(moved):
+                note = f"varied: the last of {s.comm_events} reports"
+            elif s.comm_events > 1:
+                note = f"the same in all {s.comm_events} reports"
+            else:  # the worker measures it once; say where, claim nothing about other steps
+                note = "reported once" + (f": {s.comm_scope.split(' (')[0]}" if s.comm_scope else "")
+            self.comm_fig.layout.xaxis.title.text = f"rank ({note})"
+        self._comm_box.layout.display = None
+
     @staticmethod
     def _ensure_rank_traces(fig: go.FigureWidget, ranks: int) -> None:
         have = len(fig.data)
         if have > ranks:
             fig.data = fig.data[:ranks]
         for r in range(have, ranks):
-            fig.add_trace(_line(f"rank {r}", COLORS[r % len(COLORS)]))
+            fig.add_trace(line(f"rank {r}", COLORS[r % len(COLORS)]))
 
     def update_status(self) -> None:
         """Status line: state, step / max_steps, elapsed, ETA; the worker's error text when it failed."""
@@ -444,19 +368,16 @@ class Dashboard(W.VBox):
             f"<b style='color:{color}'>{html.escape(state)}</b>",
             f"<code>{html.escape(self.run.name)}</code>",
             f"step {step}" + (f" / {self._max_steps}" if self._max_steps else ""),
-            f"elapsed {_fmt_duration(elapsed)}",
+            f"elapsed {fmt_duration(elapsed)}",
         ]
         if state not in TERMINAL:
-            parts.append(f"ETA {_fmt_duration(eta)}")
+            parts.append(f"ETA {fmt_duration(eta)}")
         eff = s.effective or info.get("effective")
         if eff:
             parts.append(f"{eff.get('world_size')} processes, {eff.get('wrapper')}, {eff.get('compute_dtype') or '?'}")
         with self.status_html.hold_sync(), self.stop_button.hold_sync(), self.error_html.hold_sync():
             self.status_html.value = " &middot; ".join(parts)
-            running = state not in TERMINAL
-            if not running or not os.path.exists(os.path.join(self.run.path, "STOP")):
-                self.stop_button.description = "Stop"
-            self.stop_button.disabled = not running or os.path.exists(os.path.join(self.run.path, "STOP"))
+            self._show_stoppable(state)
             if state == "failed":
                 err = self.run.error or "failed (no error text)"
                 self.error_html.value = (
@@ -466,6 +387,20 @@ class Dashboard(W.VBox):
                 )
             else:
                 self.error_html.value = ""
+
+    def _show_stoppable(self, state: str) -> None:
+        """Stop is enabled and highlighted only while the run can still be stopped: not once it reached a final
+        state (finished, failed, stopped; also a finished run attached later), nor once Stop was asked."""
+        asked = os.path.exists(os.path.join(self.run.path, "STOP"))
+        running = state not in TERMINAL
+        self.stop_button.disabled = not running or asked
+        self.stop_button.button_style = "" if self.stop_button.disabled else "warning"
+        self.stop_button.description = "Stopping..." if running and asked else "Stop"
+        self.stop_button.tooltip = (
+            "the workers finish the step, save a checkpoint and exit as stopped"
+            if running
+            else f"the run has {state}: nothing to stop"
+        )
 
     @property
     def status(self) -> str:
