@@ -1,4 +1,4 @@
-"""RunConfig: the one object that describes an experiment.
+"""RunConfig: the one object that describes an experiment, its YAML round-trip and its overrides.
 
 The YAML keys, the Python attribute paths (``cfg.parallel.num_processes``), the ``--set`` paths of the CLI
 and the widget labels are the same names. ``validate()`` returns every problem at once, each naming its
@@ -9,19 +9,19 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import math
 import os
 import re
 from dataclasses import dataclass, field, fields, is_dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
+if TYPE_CHECKING:
+    from workbench.config.devices import DeviceInfo
+
 ARCHS = ("gpt",)
 DATA_SOURCES = ("synthetic", "text")
-STRATEGIES = ("ddp", "zero1", "zero2", "zero3", "tp", "pp", "ps", "dp_tp")
-IMPLEMENTED_STRATEGIES = STRATEGIES  # every layout trains for real (workbench/parallel/)
-MODEL_PARALLEL = ("tp", "pp", "dp_tp")  # layouts that split the reference GPT's modules by name
+STRATEGIES = ("ddp", "zero1", "zero2", "zero3", "tp", "pp", "ps", "dp_tp")  # what each needs: STRATEGY_SPECS
 PRECISIONS = ("fp32", "bf16", "fp16", "fp8")
 OPTIMIZERS = ("adamw", "sgd")
 DECAYS = ("cosine", "linear", "constant")
@@ -33,7 +33,8 @@ PEFT_METHODS = ("none", "frozen", "lora")
 LORA_TARGETS = {"attn": ("q", "k", "v", "o"), "mlp": ("fc1", "fc2")}
 FINETUNE_STRATEGIES = ("ddp",)  # classify / peft / distill are built and tested on plain data parallel
 
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._=,+-]{0,127}$")
+# a run name: one safe folder name (no "/", no "..", not hidden); notebook_launch checks its names with it too
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._=,+-]{0,127}$")
 
 
 class ConfigError(ValueError):
@@ -258,60 +259,15 @@ class RunConfig:
 
     # ---- validation ----
     def validate(self, devices: DeviceInfo | None = None) -> list[Problem]:
-        """Every problem at once, each naming its key and the fix. Empty list = valid."""
-        return _validate(self, devices or DeviceInfo.detect())
+        """Every problem at once, each naming its key and the fix. Empty list = valid.
 
+        ``devices``: the machine to check against (default: this one, detected once). A config naming your own
+        model or data (``"pkg.module:factory"``) also has its factories imported and tried on a micro-batch of
+        2, so a broken contract is refused here, before any process starts (workbench/config/factories.py).
+        """
+        from workbench.config.validate import validate
 
-@dataclass(frozen=True)
-class DeviceInfo:
-    """What the machine offers; validation checks the config against it."""
-
-    kind: str  # "cuda" or "cpu"
-    count: int  # GPUs, or CPU cores
-    name: str = ""
-    capability: tuple[int, int] = (0, 0)
-
-    @classmethod
-    def detect(cls) -> DeviceInfo:
-        global _DETECTED
-        if _DETECTED is None:
-            _DETECTED = _detect_devices()
-        return _DETECTED
-
-    @property
-    def supports_fp8(self) -> bool:
-        return self.kind == "cuda" and self.capability >= (8, 9)
-
-    @property
-    def supports_bf16(self) -> bool:
-        return self.kind == "cpu" or self.capability >= (8, 0)
-
-
-_DETECTED: DeviceInfo | None = None
-
-
-def _detect_devices() -> DeviceInfo:
-    # Ask torch only if it is already imported or CUDA might exist: importing torch costs ~1.7 s, and the
-    # config panel validates on every keystroke. nvidia-smi's absence is a cheap "no GPU" signal.
-    import shutil
-
-    if shutil.which("nvidia-smi") or os.path.exists("/proc/driver/nvidia"):
-        try:
-            import torch
-
-            if torch.cuda.is_available():
-                n = torch.cuda.device_count()
-                return DeviceInfo("cuda", n, torch.cuda.get_device_name(0), tuple(torch.cuda.get_device_capability(0)))
-        except Exception:
-            pass
-    return DeviceInfo("cpu", os.cpu_count() or 1, "cpu")
-
-
-def effective_device(cfg: RunConfig, devices: DeviceInfo | None = None) -> str:
-    devices = devices or DeviceInfo.detect()
-    if cfg.device == "auto":
-        return devices.kind
-    return cfg.device
+        return validate(self, devices)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -363,7 +319,7 @@ def _coerce(f: dataclasses.Field, value: Any) -> Any:
         return tuple(value)
     if "float" in str(f.type) and isinstance(value, str) and _FLOAT_RE.match(value.strip()):
         return float(value)
-    if "float" in str(f.type) and _is_int(value):
+    if "float" in str(f.type) and is_int(value):
         return float(value)
     return value
 
@@ -397,421 +353,15 @@ def _set_path(obj: Any, parts: list[str], value: Any, full: str) -> Any:
     return replace(obj, **{head: _set_path(current, parts[1:], value, full)})
 
 
-def _is_int(v: Any) -> bool:
+def is_int(v: Any) -> bool:
+    """A whole number, and not a bool (YAML's true would otherwise pass as 1)."""
     return isinstance(v, int) and not isinstance(v, bool)
 
 
-def _is_num(v: Any) -> bool:
+def is_num(v: Any) -> bool:
     return (isinstance(v, (int, float))) and not isinstance(v, bool)
 
 
 def is_import_string(s: Any) -> bool:
+    """Whether s reads "pkg.module:factory": your own model or data, imported from the launch folder or PYTHONPATH."""
     return isinstance(s, str) and re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*", s) is not None
-
-
-def _check_importable(key: str, spec: str, P: list[Problem]) -> None:
-    """The module of "pkg.module:factory" must be findable from here (the workers get the same path)."""
-    import importlib.util
-    import sys
-
-    module = spec.split(":", 1)[0]
-    added = os.getcwd() not in sys.path
-    if added:
-        sys.path.insert(0, os.getcwd())  # launch() puts the cwd on the workers' PYTHONPATH too
-    try:
-        found = importlib.util.find_spec(module) is not None
-    except (ImportError, ValueError):
-        found = False
-    finally:
-        if added:
-            sys.path.remove(os.getcwd())
-    if not found:
-        P.append(Problem(key, f"cannot find module {module!r} of {spec!r}; is it on PYTHONPATH or in this folder?"))
-
-
-def _validate(cfg: RunConfig, dev: DeviceInfo) -> list[Problem]:
-    P: list[Problem] = []
-
-    def need_int(key: str, v: Any, lo: int, hi: int | None = None, fix: str = "") -> bool:
-        if not _is_int(v):
-            P.append(Problem(key, f"must be a whole number, got {v!r}{fix}"))
-            return False
-        if v < lo or (hi is not None and v > hi):
-            rng = f">= {lo}" if hi is None else f"between {lo} and {hi}"
-            P.append(Problem(key, f"must be {rng}, got {v}{fix}"))
-            return False
-        return True
-
-    def need_num(key: str, v: Any, lo: float, hi: float | None = None, lo_open: bool = False) -> bool:
-        if not _is_num(v):
-            P.append(Problem(key, f"must be a number, got {v!r}"))
-            return False
-        if not math.isfinite(v):
-            P.append(Problem(key, f"must be a finite number, got {v}"))
-            return False
-        if (v <= lo if lo_open else v < lo) or (hi is not None and v > hi):
-            op = ">" if lo_open else ">="
-            rng = f"{op} {lo}" if hi is None else f"{op} {lo} and <= {hi}"
-            P.append(Problem(key, f"must be {rng}, got {v}"))
-            return False
-        return True
-
-    def need_choice(key: str, v: Any, options: tuple[str, ...], extra: str = "") -> bool:
-        if v not in options:
-            close = difflib.get_close_matches(str(v), options, n=1)
-            hint = f' (did you mean "{close[0]}"?)' if close else ""
-            P.append(Problem(key, f"must be one of {', '.join(options)}{extra}, got {v!r}{hint}"))
-            return False
-        return True
-
-    # name: a single safe path component
-    if not isinstance(cfg.name, str) or not cfg.name:
-        P.append(Problem("name", "must be a non-empty folder name, e.g. name: my-run"))
-    elif not _NAME_RE.match(cfg.name) or cfg.name in (".", ".."):
-        P.append(
-            Problem(
-                "name",
-                f"{cfg.name!r} is not a safe single folder name: use letters, digits and . _ - = + , "
-                "(no '/', no '..', not starting with '.')",
-            )
-        )
-    if not isinstance(cfg.runs_dir, str) or not cfg.runs_dir:
-        P.append(Problem("runs_dir", "must be a folder path, e.g. runs"))
-
-    # model
-    m = cfg.model
-    custom_model = is_import_string(m.arch)
-    if custom_model:
-        _check_importable("model.arch", m.arch, P)
-    if not custom_model:
-        need_choice("model.arch", m.arch, ARCHS, ' or an import string "pkg.module:factory"')
-    ok_l = need_int("model.n_layer", m.n_layer, 1, 256)
-    ok_h = need_int("model.n_head", m.n_head, 1, 256)
-    ok_d = need_int("model.d_model", m.d_model, 1, 65536)
-    need_int("model.seq_len", m.seq_len, 2, 1 << 20)
-    need_num("model.dropout", m.dropout, 0.0, 0.9)
-    if ok_h and ok_d and m.d_model % m.n_head:
-        divisors = [h for h in range(1, min(m.d_model, 64) + 1) if m.d_model % h == 0]
-        P.append(
-            Problem(
-                "model.n_head",
-                f"d_model {m.d_model} is not divisible by n_head {m.n_head}; pick n_head from {divisors[-6:]}",
-            )
-        )
-    del ok_l
-
-    # data
-    d = cfg.data
-    custom_data = is_import_string(d.source)
-    if custom_data:
-        _check_importable("data.source", d.source, P)
-    if not custom_data:
-        need_choice("data.source", d.source, DATA_SOURCES, ' or an import string "pkg.module:factory"')
-    need_int("data.vocab_size", d.vocab_size, 2, 1 << 17)
-    need_int("data.seed", d.seed, 0)
-    need_int("data.num_sequences", d.num_sequences, 16, 1 << 24)
-    if d.source == "text":
-        if not d.path or not isinstance(d.path, str):
-            P.append(Problem("data.path", "data.source is text: set data.path to a UTF-8 or plain text file"))
-        elif os.path.isdir(d.path):
-            P.append(Problem("data.path", f"{d.path!r} is a folder; point data.path at a text file"))
-        elif not os.path.isfile(d.path):
-            P.append(Problem("data.path", f"no such file: {d.path!r}"))
-        elif not os.access(d.path, os.R_OK):
-            P.append(Problem("data.path", f"{d.path!r} is not readable (check its permissions)"))
-        else:
-            size = os.path.getsize(d.path)
-            if _is_int(m.seq_len) and size < 4 * (m.seq_len + 1):
-                P.append(
-                    Problem(
-                        "data.path",
-                        f"{d.path!r} holds {size} bytes; it needs at least {4 * (m.seq_len + 1)} "
-                        f"(4 sequences of model.seq_len + 1) — use a longer file or a smaller seq_len",
-                    )
-                )
-    elif d.path is not None and not custom_data:
-        P.append(Problem("data.path", "only used with data.source: text; remove it or set data.source: text"))
-
-    # parallel
-    p = cfg.parallel
-    ok_n = need_int("parallel.num_processes", p.num_processes, 1, 1024)
-    ok_s = need_choice("parallel.strategy", p.strategy, STRATEGIES)
-    if ok_s and p.strategy not in IMPLEMENTED_STRATEGIES:
-        P.append(
-            Problem(
-                "parallel.strategy",
-                f"{p.strategy!r} is not available in this version yet; use one of {', '.join(IMPLEMENTED_STRATEGIES)}",
-            )
-        )
-    need_int("parallel.tp_size", p.tp_size, 1, 1024)
-    need_int("parallel.pp_size", p.pp_size, 1, 1024)
-    need_choice("parallel.pp_schedule", p.pp_schedule, PP_SCHEDULES)
-    need_int("parallel.pp_microbatches", p.pp_microbatches, 1, 4096)
-    device = cfg.device if cfg.device != "auto" else dev.kind
-    need_choice("device", cfg.device, DEVICES)
-    if ok_n and cfg.device in DEVICES:
-        if device == "cuda" and dev.kind != "cuda":
-            P.append(Problem("device", "cuda asked for but no CUDA GPU is visible; use device: auto or cpu"))
-        elif device == "cuda" and p.num_processes > dev.count:
-            P.append(
-                Problem(
-                    "parallel.num_processes",
-                    f"{p.num_processes} processes but {dev.count} GPU(s); use at most {dev.count}",
-                )
-            )
-        elif device == "cpu" and p.num_processes > max(dev.count, 1) * 2:
-            # CPU processes may share cores (teaching on a 2-core laptop), but past 2 per core gloo crawls.
-            P.append(
-                Problem(
-                    "parallel.num_processes",
-                    f"{p.num_processes} CPU processes on {dev.count} cores; use at most {2 * dev.count}",
-                )
-            )
-
-    # precision
-    if need_choice("precision", cfg.precision, PRECISIONS):
-        if cfg.precision == "fp8" and not (device == "cuda" and dev.supports_fp8):
-            P.append(
-                Problem(
-                    "precision",
-                    "fp8 needs an NVIDIA GPU with compute capability >= 8.9 (Ada/Hopper); "
-                    f"this machine has {dev.name or dev.kind} — use bf16",
-                )
-            )
-        if cfg.precision == "bf16" and device == "cuda" and not dev.supports_bf16:
-            P.append(Problem("precision", f"bf16 needs an Ampere or newer GPU ({dev.name}); use fp16 or fp32"))
-
-    # batch
-    need_int("micro_batch_size", cfg.micro_batch_size, 1, 1 << 16)
-    need_int("grad_accum_steps", cfg.grad_accum_steps, 1, 1 << 16)
-    need_int("max_steps", cfg.max_steps, 1, 1 << 31)
-    need_int("log_every", cfg.log_every, 1, 1 << 31)
-    need_int("eval_every", cfg.eval_every, 0, 1 << 31, " (0 turns evaluation off)")
-    need_int("eval_batches", cfg.eval_batches, 1, 1 << 16)
-    need_int("checkpoint_every", cfg.checkpoint_every, 0, 1 << 31, " (0 = only at stop and at the end)")
-    need_int("seed", cfg.seed, 0, 2**32 - 1)
-    need_int("timeout_s", cfg.timeout_s, 5, 3600)
-
-    # optimizer
-    o = cfg.optimizer
-    need_choice("optimizer.name", o.name, OPTIMIZERS)
-    need_num("optimizer.lr", o.lr, 0.0, 10.0, lo_open=True)
-    need_num("optimizer.weight_decay", o.weight_decay, 0.0, 10.0)
-    need_num("optimizer.grad_clip", o.grad_clip, 0.0)
-    b = o.betas
-    if not (isinstance(b, (tuple, list)) and len(b) == 2 and all(_is_num(x) for x in b)):
-        P.append(Problem("optimizer.betas", f"must be two numbers like [0.9, 0.95], got {b!r}"))
-    elif not all(0.0 <= x < 1.0 and math.isfinite(x) for x in b):
-        P.append(Problem("optimizer.betas", f"each beta must be in [0, 1), got {list(b)}"))
-
-    # schedule
-    s = cfg.schedule
-    # warmup_steps > max_steps is allowed (a short trial run of a long config): the lr just never peaks.
-    need_int("schedule.warmup_steps", s.warmup_steps, 0)
-    need_choice("schedule.decay", s.decay, DECAYS)
-    need_num("schedule.min_lr_ratio", s.min_lr_ratio, 0.0, 1.0)
-    if not isinstance(cfg.activation_checkpointing, bool):
-        P.append(Problem("activation_checkpointing", f"must be true or false, got {cfg.activation_checkpointing!r}"))
-    _validate_layout(cfg, P)
-    _validate_after_pretraining(cfg, P, need_int, need_num, need_choice)
-    return P
-
-
-def _divisors(n: int) -> list[int]:
-    return [k for k in range(1, n + 1) if n % k == 0]
-
-
-def _validate_layout(cfg: RunConfig, P: list[Problem]) -> None:
-    """The combinations of parallel.* with each other, the model and the precision (workbench/parallel/)."""
-    p, m = cfg.parallel, cfg.model
-    if p.strategy not in STRATEGIES or not all(
-        _is_int(v) and v >= 1 for v in (p.num_processes, p.tp_size, p.pp_size, p.pp_microbatches)
-    ):
-        return  # the single-key checks above already name the problem
-    n, s, tp, pp, mb = p.num_processes, p.strategy, p.tp_size, p.pp_size, p.pp_microbatches
-    model_ok = all(_is_int(v) and v >= 1 for v in (m.n_layer, m.n_head, m.d_model))
-    if tp != 1 and s not in ("tp", "dp_tp"):
-        P.append(Problem("parallel.tp_size", f"only tp and dp_tp split layers across processes; with "
-                         f"parallel.strategy {s} set parallel.tp_size: 1"))  # fmt: skip
-    if pp != 1 and s != "pp":
-        P.append(Problem("parallel.pp_size", f"only pp has pipeline stages; with parallel.strategy {s} set "
-                         "parallel.pp_size: 1"))  # fmt: skip
-    if s in ("zero1", "zero2", "zero3") and n < 2:
-        P.append(Problem("parallel.strategy", f"{s} shards state across processes, and parallel.num_processes 1 "
-                         "has nothing to shard with: use ddp, or parallel.num_processes >= 2"))  # fmt: skip
-    if s in ("ps", "dp_tp") and n < 2:
-        why = "a server and at least one worker" if s == "ps" else "a (dp, tp) grid of processes (>= 4 for both > 1)"
-        P.append(Problem("parallel.strategy", f"{s} needs {why}: set parallel.num_processes >= 2"))
-    if s in MODEL_PARALLEL and is_import_string(m.arch):
-        P.append(Problem("parallel.strategy", f"{s} splits the reference GPT's blocks by name; with your own "
-                         "model.arch use ddp, zero1, zero2, zero3 or ps"))  # fmt: skip
-    if s == "tp":
-        if tp < 2:
-            P.append(Problem("parallel.tp_size", f"tp needs tp_size >= 2 processes sharing each layer; set "
-                             f"parallel.tp_size: {n} (= parallel.num_processes)"))  # fmt: skip
-        elif tp != n:
-            P.append(Problem("parallel.tp_size", f"tp puts all parallel.num_processes ({n}) in one tensor-parallel "
-                             f"group: set parallel.tp_size: {n}, or use parallel.strategy dp_tp to combine "
-                             f"tp_size {tp} with data parallelism"))  # fmt: skip
-    if s == "dp_tp" and n % tp:
-        P.append(Problem("parallel.tp_size", f"dp_tp arranges parallel.num_processes ({n}) as a (dp, tp) grid: "
-                         f"tp_size must divide it; pick one of {_divisors(n)}"))  # fmt: skip
-    if s in ("tp", "dp_tp") and tp > 1 and model_ok:
-        if m.n_head % tp:
-            heads = [k for k in _divisors(m.n_head) if k > 1 and k <= n]
-            P.append(Problem("parallel.tp_size", f"model.n_head {m.n_head} does not divide by parallel.tp_size {tp}: "
-                             f"each rank computes n_head / tp_size heads; use tp_size in {heads or [1]} or change "
-                             "model.n_head"))  # fmt: skip
-        if (4 * m.d_model) % tp:
-            P.append(Problem("parallel.tp_size", f"the MLP's 4 x model.d_model = {4 * m.d_model} hidden units do not "
-                             f"divide by parallel.tp_size {tp}"))  # fmt: skip
-    if s == "pp":
-        if pp < 2:
-            P.append(Problem("parallel.pp_size", f"pp needs at least 2 stages; set parallel.pp_size: {n} "
-                             "(= parallel.num_processes)"))  # fmt: skip
-        elif pp != n:
-            P.append(Problem("parallel.pp_size", f"pp runs one pipeline, one stage per process: parallel.pp_size "
-                             f"({pp}) must equal parallel.num_processes ({n})"))  # fmt: skip
-        if model_ok and pp > m.n_layer:
-            P.append(Problem("parallel.pp_size", f"{pp} stages but model.n_layer is {m.n_layer}: each stage needs a "
-                             f"block; use parallel.pp_size <= {m.n_layer} or more layers"))  # fmt: skip
-        if _is_int(cfg.micro_batch_size) and cfg.micro_batch_size >= 1 and (cfg.micro_batch_size * pp) % mb:
-            batch = cfg.micro_batch_size * pp
-            P.append(Problem("parallel.pp_microbatches", f"the pipeline's batch (micro_batch_size x pp_size = "
-                             f"{batch} sequences) does not split into {mb} equal micro-batches; use one of "
-                             f"{_divisors(batch)}"))  # fmt: skip
-        if p.pp_schedule == "1f1b" and mb < pp:
-            P.append(Problem("parallel.pp_microbatches", f"1f1b needs at least as many micro-batches as stages "
-                             f"({pp}): set parallel.pp_microbatches >= {pp}, or parallel.pp_schedule: gpipe"))  # fmt: skip
-    if cfg.precision == "fp16" and s not in ("ddp", "zero1"):
-        P.append(Problem("precision", f"fp16's loss scaler must agree across shards; this version has it for ddp "
-                         f"and zero1: use bf16 with parallel.strategy {s}"))  # fmt: skip
-    if cfg.precision == "fp8" and s != "ddp":
-        P.append(
-            Problem("precision", f"fp8 runs through Accelerate's ddp path only: use bf16 with parallel.strategy {s}")
-        )
-
-
-# ---------------------------------------------------------------------------------------------------------
-# after pretraining: init_from, task, peft, distill (the training side lives in workbench/finetune.py)
-
-
-def model_checkpoint(run_dir: str) -> str | None:
-    """The latest checkpoints/step_N folder of a run that holds model weights, or None."""
-    root = os.path.join(run_dir, "checkpoints")
-    try:
-        steps = sorted((int(d[5:]), d) for d in os.listdir(root) if d.startswith("step_") and d[5:].isdigit())
-    except OSError:
-        return None
-    for _, d in reversed(steps):
-        path = os.path.join(root, d)
-        if any(os.path.isfile(os.path.join(path, f)) for f in ("model.safetensors", "pytorch_model.bin")):
-            return path
-    return None
-
-
-def _vocab(cfg: RunConfig) -> int | None:
-    if cfg.data.source == "text":
-        return 256  # byte level, as workbench.data.TEXT_VOCAB
-    return cfg.data.vocab_size if cfg.data.source == "synthetic" else None
-
-
-def _source_run(cfg: RunConfig, key: str, path: Any, P: list[Problem]) -> RunConfig | None:
-    """The config of the run folder named by key (init_from or distill.teacher), or None with a problem."""
-    if not isinstance(path, str) or not path:
-        P.append(Problem(key, f"must be a run folder path such as runs/quickstart (run.path), got {path!r}"))
-        return None
-    if not os.path.isfile(os.path.join(path, "config.yaml")):
-        P.append(Problem(key, f"{path!r} is not a run folder (no config.yaml); give a finished run's folder"))
-        return None
-    if os.path.abspath(path) == os.path.abspath(cfg.run_dir):
-        P.append(Problem(key, f"{path!r} is this run's own folder; give another run, or change name"))
-        return None
-    try:
-        src = RunConfig.from_yaml(os.path.join(path, "config.yaml"))
-    except ConfigError as e:
-        P.append(Problem(key, f"cannot read {path!r}'s config: {e.problems[0]}"))
-        return None
-    if model_checkpoint(path) is None:
-        if os.path.isdir(os.path.join(path, "checkpoints")) and os.listdir(os.path.join(path, "checkpoints")):
-            P.append(Problem(key, f"{path!r} trained with parallel.strategy {src.parallel.strategy}, whose sharded "
-                             "checkpoints hold no model.safetensors; start from a run trained with ddp"))  # fmt: skip
-        else:
-            P.append(Problem(key, f"{path!r} holds no checkpoint with model weights yet; let that run finish first"))
-        return None
-    if src.model.arch != "gpt":
-        P.append(Problem(key, f"{path!r} trained model.arch {src.model.arch!r}; only gpt runs can be loaded"))
-        return None
-    return src
-
-
-def _validate_after_pretraining(cfg: RunConfig, P: list[Problem], need_int, need_num, need_choice) -> None:
-    t, pe, di = cfg.task, cfg.peft, cfg.distill
-    ok_kind = need_choice("task.kind", t.kind, TASK_KINDS)
-    ok_labels = need_int("task.num_labels", t.num_labels, 2, 1024)
-    classify = ok_kind and t.kind == "classify"
-    if classify:
-        if cfg.data.source == "text":
-            P.append(Problem("task.kind", "classify needs labelled data: use data.source synthetic (labels from "
-                             'the generator) or your own factory "pkg.module:build" returning (x, label) pairs'))  # fmt: skip
-        vocab = _vocab(cfg)
-        if ok_labels and _is_int(vocab) and vocab < 4 * t.num_labels:
-            P.append(Problem("task.num_labels", f"the synthetic task gives each label its own words: "
-                             f"data.vocab_size {vocab} allows at most {vocab // 4} labels"))  # fmt: skip
-
-    ok_method = need_choice("peft.method", pe.method, PEFT_METHODS)
-    if need_int("peft.r", pe.r, 1, 4096) and _is_int(cfg.model.d_model) and pe.r > cfg.model.d_model:
-        P.append(Problem("peft.r", f"rank {pe.r} exceeds model.d_model {cfg.model.d_model}: adds parameters, "
-                         f"no capacity; use r <= {cfg.model.d_model}"))  # fmt: skip
-    need_num("peft.alpha", pe.alpha, 0.0, 1e6, lo_open=True)
-    names = sorted({n for g in LORA_TARGETS.values() for n in g})
-    tgt = pe.target
-    if not isinstance(tgt, (tuple, list)) or not tgt or not all(isinstance(x, str) for x in tgt):
-        P.append(Problem("peft.target", f"must be a list such as [attn, mlp] (or Linear names {names}), got {tgt!r}"))
-    else:
-        bad = [x for x in tgt if x not in LORA_TARGETS and x not in names]
-        if bad:
-            P.append(Problem("peft.target", f"unknown {bad}: use attn, mlp or Linear names {', '.join(names)}"))
-    if ok_method and pe.method == "frozen" and ok_kind and t.kind != "classify":
-        P.append(Problem("peft.method", "frozen trains only a classification head: set task.kind: classify, "
-                         "or use lora / none for a language model"))  # fmt: skip
-
-    need_num("distill.temperature", di.temperature, 0.0, 100.0, lo_open=True)
-    need_num("distill.alpha", di.alpha, 0.0, 1.0)
-
-    uses = [k for k, on in (("task.kind", classify), ("peft.method", ok_method and pe.method != "none"),
-                            ("distill.teacher", bool(di.teacher))) if on]  # fmt: skip
-    for key in uses:
-        if cfg.model.arch != "gpt":
-            P.append(Problem(key, f"needs model.arch gpt (the reference model's Linear names), got {cfg.model.arch!r}"))
-        if cfg.parallel.strategy in STRATEGIES and cfg.parallel.strategy not in FINETUNE_STRATEGIES:
-            P.append(Problem(key, f"works with parallel.strategy {' or '.join(FINETUNE_STRATEGIES)} in this "
-                             f"version, not {cfg.parallel.strategy!r}"))  # fmt: skip
-
-    # init_from: same architecture (the weights must fit), checked here, before any process starts
-    if cfg.init_from is not None:
-        src = _source_run(cfg, "init_from", cfg.init_from, P)
-        if src is not None:
-            m, sm = cfg.model, src.model
-            for k in ("n_layer", "n_head", "d_model", "seq_len"):
-                if getattr(m, k) != getattr(sm, k):
-                    P.append(Problem("init_from", f"{cfg.init_from!r} has model.{k} {getattr(sm, k)}, this config "
-                                     f"{getattr(m, k)}: its weights cannot load; set model.{k}: {getattr(sm, k)}"))  # fmt: skip
-            if _vocab(src) != _vocab(cfg):
-                P.append(Problem("init_from", f"{cfg.init_from!r} has a vocabulary of {_vocab(src)} tokens, this "
-                                 f"config {_vocab(cfg)}: set data.source / data.vocab_size as in that run"))  # fmt: skip
-
-    # distill.teacher: any size, but the same outputs (task, labels, vocabulary) and enough context
-    if di.teacher is not None:
-        src = _source_run(cfg, "distill.teacher", di.teacher, P)
-        if src is not None:
-            if src.task.kind != t.kind or (t.kind == "classify" and src.task.num_labels != t.num_labels):
-                what = src.task.kind + (f" with {src.task.num_labels} labels" if src.task.kind == "classify" else "")
-                P.append(Problem("distill.teacher", f"{di.teacher!r} solves task {what}; the student needs the "
-                                 "same task.kind and task.num_labels"))  # fmt: skip
-            if _vocab(src) != _vocab(cfg):
-                P.append(Problem("distill.teacher", f"{di.teacher!r} has a vocabulary of {_vocab(src)} tokens, "
-                                 f"the student {_vocab(cfg)}"))  # fmt: skip
-            if _is_int(cfg.model.seq_len) and src.model.seq_len < cfg.model.seq_len:
-                P.append(Problem("distill.teacher", f"{di.teacher!r} reads at most {src.model.seq_len} tokens; "
-                                 f"set model.seq_len <= {src.model.seq_len}"))  # fmt: skip
