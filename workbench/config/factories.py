@@ -129,11 +129,15 @@ def _load(key: str, spec: str, contract: str, P: list[Problem]) -> Callable | No
     """The factory a spec names, or None with a problem naming the key."""
     name, attr = spec.split(":", 1)
     try:
+        importlib.invalidate_caches()  # a module file created since the last import is found
         module = importlib.import_module(name)
         origin = getattr(module, "__file__", None)
         mtime = os.path.getmtime(origin) if origin and os.path.exists(origin) else None
         if name in _imported_mtime and _imported_mtime[name] != mtime:
-            module = importlib.reload(module)  # edited since: check what the workers will import
+            # edited since: import it afresh (reload would keep names the file no longer defines), so the check
+            # sees what the workers will import
+            del sys.modules[name]
+            module = importlib.import_module(name)
         _imported_mtime[name] = mtime  # type: ignore[assignment]
     except Exception as e:
         P.append(Problem(key, f"importing module {name!r} of {spec!r} raised {type(e).__name__}: {e}"))

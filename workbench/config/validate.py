@@ -242,7 +242,7 @@ def _validate_splits(cfg: RunConfig, P: list[Problem]) -> None:
         if n is None or n >= per_step:
             continue  # your own data: its size is checked on the data set itself (factories.py)
         if cfg.data.source == "text" and n == 0:
-            P.append(Problem("data.path", f"{cfg.data.path!r}'s {split} split ({split_rule(cfg, split)}) is too short "
+            P.append(Problem("data.path", f"the {split} split of {cfg.data.path!r} ({split_rule(cfg, split)}) is too short "
                              f"for one sequence of model.seq_len + 1 = {cfg.model.seq_len + 1} bytes: use a file of "
                              f"at least {text_bytes_needed(cfg, split, per_step)} bytes"
                              + (", or set eval_every: 0" if split == "eval" else "")))  # fmt: skip
