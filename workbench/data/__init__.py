@@ -7,8 +7,8 @@ across ranks, so each rank reads its own part, in an order fixed by the seed.
 Your own data: ``data.source: "mypkg.data:build"`` names a function ``build(cfg: RunConfig, split: str)``
 with split "train" or "eval", returning such a Dataset (items ``(x, y)``; x any tensor the model takes).
 
-Importing this package does not import torch (``build_dataset`` does): validation reads the split sizes and the
-vocabulary from here on every keystroke of the config panel.
+Importing this package imports neither torch nor numpy (``build_dataset`` and the synthetic language do):
+validation reads the split sizes and the vocabulary from here, and the config panel validates on every keystroke.
 """
 
 from __future__ import annotations
@@ -18,15 +18,13 @@ import os
 from functools import lru_cache
 from typing import TYPE_CHECKING
 
-import numpy as np
-
 from workbench.config import is_import_string
-from workbench.data.synthetic import MarkovChain, empirical_entropy_rate
 
 if TYPE_CHECKING:
     from torch.utils.data import Dataset
 
     from workbench.config import RunConfig
+    from workbench.data.synthetic import MarkovChain
 
 __all__ = [
     "MarkovChain",
@@ -41,6 +39,15 @@ __all__ = [
 ]
 
 TEXT_VOCAB = 256  # byte level: any file, any language, no tokenizer to ship
+
+
+def __getattr__(name: str):
+    # the synthetic language's names load numpy: on first use, not on import
+    if name in ("MarkovChain", "empirical_entropy_rate"):
+        from workbench.data import synthetic
+
+        return getattr(synthetic, name)
+    raise AttributeError(f"module 'workbench.data' has no attribute {name!r}")
 
 
 def load_factory(spec: str):
@@ -58,6 +65,8 @@ def vocab_size(cfg: RunConfig) -> int:
 @lru_cache(maxsize=8)
 def chain(vocab: int, seed: int) -> MarkovChain:
     """The synthetic language of this vocabulary and seed (built once per process)."""
+    from workbench.data.synthetic import MarkovChain
+
     return MarkovChain.make(vocab, seed)
 
 
@@ -125,6 +134,7 @@ def entropy_floor(cfg: RunConfig) -> float | None:
 
 def build_dataset(cfg: RunConfig, split: str) -> Dataset:
     """The train or eval Dataset of (x, y) pairs for this config."""
+    import numpy as np
     import torch
     from torch.utils.data import TensorDataset
 
