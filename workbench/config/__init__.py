@@ -6,7 +6,7 @@ key and the fix, and ``launch`` refuses a config with any problem before a proce
 
     schema.py             the frozen dataclasses, the choices of each key, YAML round-trip, overrides
     devices.py            DeviceInfo: what the machine offers, detected once per process
-    validate.py           validate(cfg): one validator per section, the split sizes against the batch
+    validate.py           validate(cfg) (= RunConfig.validate): one validator per section, split sizes vs the batch
     strategies.py         STRATEGY_SPECS: what each parallel.strategy needs, and the layout checks from it
     after_pretraining.py  init_from, task, peft, distill
     factories.py          your own model.arch / data.source, imported and tried before launch
@@ -44,7 +44,6 @@ from workbench.config.schema import (
     is_num,
 )
 from workbench.config.strategies import STRATEGY_SPECS, StrategySpec, strategies_using, strategies_with
-from workbench.config.validate import validate
 
 # Transitional: former names that modules owned elsewhere still read (notebook.py _NAME_RE, plan.py _DETECTED,
 # the panel and tests IMPLEMENTED_STRATEGIES, which equalled STRATEGIES). Delete once they use NAME_RE,
@@ -95,6 +94,5 @@ __all__ = [
     "model_checkpoint",
     "strategies_using",
     "strategies_with",
-    "validate",
     "vocab_of",
 ]
