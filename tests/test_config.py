@@ -162,8 +162,17 @@ def test_text_source(tmp_path, quickstart):
         for p in quickstart.override({"data.source": "text", "data.path": str(empty)}).validate(CPU2)
     )
     good = tmp_path / "good.txt"
-    good.write_text("hello world " * 200)
+    # 24,000 bytes: the last 10% (2,400) holds 37 eval sequences of 64, enough for micro_batch 8 x 2 processes
+    good.write_text("hello world " * 2000)
     assert quickstart.override({"data.source": "text", "data.path": str(good)}).validate(CPU2) == []
+    # 2,400 bytes trains (2,160), but its 240-byte eval split holds 3 sequences: no rank gets a micro-batch, and
+    # evaluation would report a loss over zero samples. Refused, naming the keys; fine with evaluation off.
+    short = tmp_path / "short.txt"
+    short.write_text("hello world " * 200)
+    cfg = quickstart.override({"data.source": "text", "data.path": str(short)})
+    (p,) = cfg.validate(CPU2)
+    assert p.key == "micro_batch_size" and "eval split's 3 sequences" in p.message and "eval_every: 0" in p.message
+    assert cfg.override({"eval_every": 0}).validate(CPU2) == []
 
 
 def test_malformed_and_unsafe_yaml(tmp_path):
