@@ -158,7 +158,7 @@ class CompressionReport:
 
 
 def _start(run: str | Run, batch_size: int | None) -> tuple[str, RunConfig, nn.Module, CompressionReport, Any]:
-    path = ft._run_path(run)
+    path = ft.run_path(run)
     cfg = ft.run_config(path)
     model = ft.load_model(path)
     x = latency_batch(cfg, batch_size)

@@ -86,7 +86,7 @@ def export_onnx(
     """
     import onnxruntime as ort
 
-    run_dir = ft._run_path(run)
+    run_dir = ft.run_path(run)
     cfg = ft.run_config(run_dir)
     model = LogitsOnly(ft.load_model(run_dir)).eval()
     path = path or os.path.join(run_dir, "export", "model.onnx")
