@@ -27,7 +27,7 @@ here, so ``from workbench import finetune as ft; ft.build(cfg)`` works as it alw
 from workbench.finetune.build import active, build, trainable_params
 from workbench.finetune.classifier import GPTClassifier, bare_model
 from workbench.finetune.distill import distill_loss, distill_step_loss, load_teacher
-from workbench.finetune.load import launch_dir, load_model, read_weights, run_config, run_path
+from workbench.finetune.load import launch_dir, load_model, logits_of, read_weights, run_config, run_path
 from workbench.finetune.lora import lora_modules, lora_param_count, wrap_lora
 from workbench.finetune.metrics import classification_metrics, eval_event, evaluate, first_event
 from workbench.finetune.task import (
@@ -61,6 +61,7 @@ __all__ = [
     "launch_dir",
     "load_model",
     "load_teacher",
+    "logits_of",
     "lora_modules",
     "lora_param_count",
     "read_weights",

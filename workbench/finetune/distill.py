@@ -7,7 +7,7 @@ import torch.nn as nn
 from torch.nn import functional as F
 
 from workbench.config import RunConfig
-from workbench.finetune.load import load_model
+from workbench.finetune.load import load_model, logits_of
 
 
 def load_teacher(cfg: RunConfig, device: torch.device) -> nn.Module | None:
@@ -43,7 +43,7 @@ def distill_step_loss(cfg: RunConfig, teacher: nn.Module):
     def loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         logits, hard = model(x, y)
         with torch.no_grad():
-            t_logits = teacher(x)[0]
+            t_logits = logits_of(teacher(x))
         return distill_loss(logits, t_logits, hard, T, a)
 
     return loss

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn as nn
@@ -89,3 +89,22 @@ def load_model(run: str | Run, merge: bool = True) -> nn.Module:
 
 def run_config(run: str | Run) -> RunConfig:
     return RunConfig.from_yaml(os.path.join(run_path(run), "config.yaml"))
+
+
+def logits_of(out: Any) -> torch.Tensor:
+    """The logits in a model's inference output ``model(x)``, for every forward contract the workbench trains:
+    plain logits (a tensor, e.g. your own model's ``forward(x)`` when no targets are given), a tuple
+    ``(logits, loss)`` (our GPT and GPTClassifier, loss None without targets), or an object with ``.logits``
+    (Hugging Face's ModelOutput). The whole batch, always: indexing ``[0]`` blindly would take the first
+    sequence of a plain-logits model."""
+    if isinstance(out, torch.Tensor):
+        return out
+    logits = getattr(out, "logits", None)
+    if isinstance(logits, torch.Tensor):
+        return logits
+    if isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor):
+        return out[0]
+    raise TypeError(
+        f"the model's forward(x) returned {type(out).__name__}; to serve or evaluate it, forward(x) without "
+        "targets must return the logits (a tensor whose first axis is the batch) or a tuple (logits, loss)"
+    )

@@ -10,6 +10,7 @@ import torch.nn as nn
 from torch.nn import functional as F
 
 from workbench.config import RunConfig
+from workbench.finetune.load import logits_of
 from workbench.finetune.task import bayes_accuracy, chance_accuracy
 
 
@@ -33,7 +34,8 @@ def classification_metrics(confusion: np.ndarray) -> dict[str, float]:
 def evaluate(
     acc: Any, model: nn.Module, dl: Any, num_labels: int, max_batches: int | None, ctx: Any
 ) -> dict[str, float]:
-    """loss, accuracy and F1 of a classifier over a prepared DataLoader (max_batches per rank, or all).
+    """loss, accuracy and F1 of a classifier over a prepared DataLoader (max_batches per rank, or all); {}
+    when no sample was seen (a split smaller than one batch per rank): no metric is computed over nothing.
 
     Predictions are gathered with gather_for_metrics, which drops the samples Accelerate repeats to even
     out the last batch across ranks, so every test sequence counts exactly once."""
@@ -45,23 +47,28 @@ def evaluate(
         for i, (x, y) in enumerate(dl):
             if max_batches is not None and i >= max_batches:
                 break
-            logits = model(x)[0].float()
+            logits = logits_of(model(x)).float()
             ce = F.cross_entropy(logits, y, reduction="none")
             pred, y, ce = acc.gather_for_metrics((logits.argmax(dim=-1), y, ce))
             confusion.index_put_((y, pred), torch.ones_like(y, dtype=torch.float64), accumulate=True)
             loss_sum += ce.double().sum()
             count += len(y)
     model.train()
+    if count == 0:  # count is gathered over ranks, so every rank takes this branch alike
+        return {}
     out = classification_metrics(confusion.cpu().numpy())
-    out["loss"] = float(loss_sum) / max(count, 1)
+    out["loss"] = float(loss_sum) / count
     return out
 
 
 def eval_event(
     acc: Any, model: nn.Module, dl: Any, cfg: RunConfig, ctx: Any, split: str = "eval", max_batches: int | None = None
 ) -> dict[str, float]:
-    """{eval_loss, eval_accuracy, eval_f1} (or test_...) for a metric event."""
+    """{eval_loss, eval_accuracy, eval_f1} (or test_...) for a metric event; {} (the keys absent) when the
+    split gave no sample."""
     m = evaluate(acc, model, dl, cfg.task.num_labels, max_batches, ctx)
+    if not m:
+        return {}
     return {f"{split}_loss": m["loss"], f"{split}_accuracy": m["accuracy"], f"{split}_f1": m["f1"]}
 
 
