@@ -216,3 +216,29 @@ def test_export_from_elsewhere_names_the_launch_folder(tmp_path, monkeypatch):
     monkeypatch.setattr(sys, "path", list(sys.path))
     with pytest.raises(ModuleNotFoundError, match=r"model.arch 'not_importable_here:model'.*elsewhere"):
         ft.load_model(str(run_dir))
+
+
+@pytest.mark.slow
+def test_export_the_notebook_model_serves_every_point(tmp_path, monkeypatch):
+    """notebooks/my_model.py (notebook 12): float points in, (batch, 2) logits out; forward(x, y) a scalar loss."""
+    notebooks = os.path.join(ROOT, "notebooks")
+    sets = {"name": "spirals", "runs_dir": str(tmp_path / "runs"), "model.arch": "my_model:build",
+            "data.source": "my_model:build_data", "parallel.num_processes": 1, "max_steps": 5, "eval_every": 0}  # fmt: skip
+    args = [a for k, v in sets.items() for a in ("--set", f"{k}={v}")]
+    r = workbench_cli("train", QUICKSTART, *args, cwd=notebooks)
+    assert r.returncode == 0, r.stdout[-800:] + r.stderr[-1500:]
+    run_dir = str(tmp_path / "runs" / "spirals")
+    r = workbench_cli("export", run_dir, "--onnx", cwd=notebooks)
+    assert r.returncode == 0, r.stdout[-800:] + r.stderr[-1500:]
+    assert f"logits ({wb.RunConfig.from_yaml(QUICKSTART).micro_batch_size}, 2)" in r.stdout, r.stdout
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(os.path.join(run_dir, "export", "model.onnx"), providers=["CPUExecutionProvider"])
+    assert sess.get_inputs()[0].name == "inputs"  # points, not tokens
+    x = torch.randn(3, 2, generator=torch.Generator().manual_seed(0))
+    got = sess.run(None, {"inputs": x.numpy()})[0]
+    monkeypatch.chdir(notebooks)  # load_model imports my_model from the launch folder, as export did
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    with torch.no_grad():
+        want = ft.load_model(run_dir)(x).numpy()
+    assert got.shape == want.shape == (3, 2) and np.abs(got - want).max() < 1e-4
