@@ -23,7 +23,6 @@ import torch.nn as nn
 import workbench as wb
 from workbench import finetune as ft
 from workbench.export import LogitsOnly, serving_logits, whole_batch_diff
-from workbench.finetune.metrics import eval_event
 
 from .conftest import QUICKSTART, ROOT
 
@@ -144,23 +143,6 @@ def test_a_forward_that_drops_the_batch_is_refused_before_export():
 
     with pytest.raises(ValueError, match=r"model.arch 'mine:build'.*first axis is the batch"):
         serving_logits(LossOnly(), torch.zeros(4, 3, dtype=torch.long), cfg)
-
-
-def test_no_eval_metric_from_zero_samples():
-    """A split smaller than one batch per rank yields no batch: the eval keys are absent, not 0.0 and nan."""
-
-    class Acc:
-        device = torch.device("cpu")
-
-        def gather_for_metrics(self, t):
-            return t
-
-    cfg = wb.RunConfig.from_yaml(QUICKSTART).override({"task.kind": "classify"})
-    model = ft.bare_model(cfg)
-    assert eval_event(Acc(), model, [], cfg, torch.no_grad(), "eval") == {}
-    x, y = (torch.from_numpy(a[:4]) for a in ft.task_arrays(cfg, "test"))
-    ev = eval_event(Acc(), model, [(x, y)], cfg, torch.no_grad(), "test")
-    assert set(ev) == {"test_loss", "test_accuracy", "test_f1"} and ev["test_loss"] > 0
 
 
 # ---------------------------------------------------------------------------------------------------------
