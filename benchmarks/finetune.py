@@ -68,15 +68,16 @@ def slug(label: str) -> str:
 
 
 class OnnxModel:
-    """An onnxruntime session called like the PyTorch model (tokens -> (logits,)), for compress.quality."""
+    """An onnxruntime session called like a plain-logits model (tokens -> logits of the whole batch, the
+    serving contract), for compress.quality, which reads either forward contract."""
 
     def __init__(self, path: str):
         import onnxruntime as ort
 
         self.sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
 
-    def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor]:
-        return (torch.from_numpy(self.sess.run(["logits"], {"tokens": x.numpy()})[0]),)
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(self.sess.run(["logits"], {"tokens": x.numpy()})[0])
 
 
 def mib(x: float | None) -> str:

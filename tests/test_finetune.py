@@ -343,6 +343,7 @@ def test_onnx_parity_and_latency(lora):
 
     report = wb.export_onnx(lora)  # a LoRA run: merged before export
     assert report.parity and report.max_abs_diff < 1e-4, report
+    assert report.output_shape == [report.batch_size, 2]  # a classifier: one row of logits per sequence
     assert report.torch_latency_ms > 0 and report.onnxruntime_latency_ms > 0
     # an independent check: a fresh session on the file against the merged PyTorch model
     x = torch.from_numpy(ft.task_arrays(lora.config, "test")[0][:32])
@@ -366,6 +367,7 @@ def test_cli_verbs(pretrained, runs_dir):
     )
     assert r.returncode == 0, r.stderr
     assert "max |logit difference|" in r.stdout and "onnxruntime" in r.stdout
+    assert "logits (8, 64, 64) for a batch of 8" in r.stdout  # an LM: every token of every sequence
     assert os.path.isfile(os.path.join(pretrained.path, "export", "model.onnx"))
     r = subprocess.run([sys.executable, "-m", "workbench.cli", "quantize", "no-such-run", "--runs-dir", runs_dir],
                        capture_output=True, text=True)  # fmt: skip
