@@ -210,7 +210,7 @@ def test_export_the_notebook_model_serves_every_point(tmp_path, monkeypatch):
     r = workbench_cli("train", QUICKSTART, *args, cwd=notebooks)
     assert r.returncode == 0, r.stdout[-800:] + r.stderr[-1500:]
     run_dir = str(tmp_path / "runs" / "spirals")
-    r = workbench_cli("export", run_dir, "--onnx", cwd=notebooks)
+    r = workbench_cli("export", run_dir, "--onnx", "--torchscript", cwd=notebooks)  # the other exporter, too
     assert r.returncode == 0, r.stdout[-800:] + r.stderr[-1500:]
     assert f"logits ({wb.RunConfig.from_yaml(QUICKSTART).micro_batch_size}, 2)" in r.stdout, r.stdout
     import onnxruntime as ort
