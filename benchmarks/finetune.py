@@ -3,7 +3,7 @@
     python benchmarks/finetune.py [--pretrain-steps 200] [--steps 100] [--out runs-bench-ft]
 
 1. Pretrain the quickstart GPT (2 layers, d_model 64) as a language model on the synthetic language.
-2. Fine-tune it on the synthetic sentiment task (workbench/finetune.py) through ``wb.launch`` on 2 processes
+2. Fine-tune it on the synthetic sentiment task (workbench/finetune/task.py) through ``wb.launch`` on 2 processes
    (DDP), the same budget each: full, frozen backbone + head, LoRA (r 8 on q k v o fc1 fc2), and the same
    classifier from scratch (no pretraining) for reference.
 3. Distillation: a 1-layer, 32-wide student with and without the full fine-tune as teacher (alpha 0.9,
