@@ -3,7 +3,7 @@
     python benchmarks/finetune.py [--pretrain-steps 200] [--steps 100] [--out runs-bench-ft]
 
 1. Pretrain the quickstart GPT (2 layers, d_model 64) as a language model on the synthetic language.
-2. Fine-tune it on the synthetic sentiment task (workbench/finetune.py) through ``wb.launch`` on 2 processes
+2. Fine-tune it on the synthetic sentiment task (workbench/finetune/task.py) through ``wb.launch`` on 2 processes
    (DDP), the same budget each: full, frozen backbone + head, LoRA (r 8 on q k v o fc1 fc2), and the same
    classifier from scratch (no pretraining) for reference.
 3. Distillation: a 1-layer, 32-wide student with and without the full fine-tune as teacher (alpha 0.9,
@@ -68,15 +68,16 @@ def slug(label: str) -> str:
 
 
 class OnnxModel:
-    """An onnxruntime session called like the PyTorch model (tokens -> (logits,)), for compress.quality."""
+    """An onnxruntime session called like a plain-logits model (tokens -> logits of the whole batch, the
+    serving contract), for compress.quality, which reads either forward contract."""
 
     def __init__(self, path: str):
         import onnxruntime as ort
 
         self.sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
 
-    def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor]:
-        return (torch.from_numpy(self.sess.run(["logits"], {"tokens": x.numpy()})[0]),)
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(self.sess.run(["logits"], {"tokens": x.numpy()})[0])
 
 
 def mib(x: float | None) -> str:

@@ -5,6 +5,9 @@ The workbench needs two import strings, nothing else:
     model.arch:  "my_model:build"        build(cfg) -> nn.Module whose forward(x, y) returns the mean loss
     data.source: "my_model:build_data"   build_data(cfg, split) -> a Dataset of (x, y) pairs
 
+and, to serve the model (``wb.export_onnx(run)``, ``workbench export RUN --onnx``), forward(x) without y returns
+the logits of the whole batch, (batch, 2) here: the ONNX graph returns exactly that.
+
 Strings, not objects, because they cross process boundaries: every rank imports this module itself. The
 launch puts the folder you launch from on the workers' PYTHONPATH, so a file next to the notebook is enough.
 
@@ -36,8 +39,8 @@ class SpiralNet(nn.Module):
 
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         logits = self.net(x)
-        if y is None:  # inference: the notebook draws the decision boundary from these
-            return logits
+        if y is None:  # inference: the notebook draws the decision boundary from these, export serves them
+            return logits  # (batch, 2): every point's logits, never just the first one's
         return nn.functional.cross_entropy(logits, y)  # training: the mean loss, what the workbench expects
 
 

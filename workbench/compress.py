@@ -76,7 +76,7 @@ def quality(
 ) -> dict[str, float]:
     """accuracy, f1 and loss on the test split for a classifier; loss (nats/token) for a language model."""
     x, y = data if data is not None else eval_tensors(cfg)
-    logits = torch.cat([model(x[i : i + 256])[0].float() for i in range(0, len(x), 256)])
+    logits = torch.cat([ft.logits_of(model(x[i : i + 256])).float() for i in range(0, len(x), 256)])
     if cfg.task.kind == "classify":
         K = cfg.task.num_labels
         confusion = torch.zeros(K, K, dtype=torch.float64)
@@ -158,7 +158,7 @@ class CompressionReport:
 
 
 def _start(run: str | Run, batch_size: int | None) -> tuple[str, RunConfig, nn.Module, CompressionReport, Any]:
-    path = ft._run_path(run)
+    path = ft.run_path(run)
     cfg = ft.run_config(path)
     model = ft.load_model(path)
     x = latency_batch(cfg, batch_size)
