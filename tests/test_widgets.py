@@ -274,7 +274,7 @@ def test_heads_offered_divide_d_model_and_sliders_never_clamp(quickstart):
     opts = panel.controls["model.n_head"].options
     assert all(96 % h == 0 for h in opts if h != quickstart.model.n_head) and 12 in opts and 5 not in opts
     # a loaded value beyond a slider's range widens the slider instead of being clamped
-    panel.set_config(quickstart.override({"micro_batch_size": 512, "model.n_layer": 96}))
+    panel.set_config(quickstart.override({"micro_batch_size": 512, "model.n_layer": 96, "data.num_sequences": 16384}))
     assert panel.config.micro_batch_size == 512 and panel.config.model.n_layer == 96
 
 

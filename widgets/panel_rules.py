@@ -18,27 +18,6 @@ from widgets.problems_view import note_html
 from workbench.config import DeviceInfo, RunConfig
 
 
-class StrategyRule(NamedTuple):
-    """A strategy's requirements, with the field names of workbench.config's StrategySpec that the panel reads."""
-
-    min_processes: int
-    keys: tuple[str, ...]  # the parallel.* keys that matter under this strategy
-
-
-# Each strategy's processes and parallel.* keys, as workbench/config.py's layout validation requires them
-# (everything but ddp needs >= 2 processes; dp_tp runs on 2 as dp 1 x tp 2). A restatement, kept here only
-# until workbench.config exports STRATEGY_SPECS: then strategy_rules() reads that and this table goes.
-_STRATEGIES_AS_VALIDATED = {
-    "ddp": StrategyRule(1, ()),
-    "zero1": StrategyRule(2, ()),
-    "zero2": StrategyRule(2, ()),
-    "zero3": StrategyRule(2, ()),
-    "tp": StrategyRule(2, ("parallel.tp_size",)),
-    "pp": StrategyRule(2, ("parallel.pp_size", "parallel.pp_schedule", "parallel.pp_microbatches")),
-    "ps": StrategyRule(2, ()),
-    "dp_tp": StrategyRule(2, ("parallel.tp_size",)),
-}
-
 # keys that only matter under a setting other than the strategy: key -> (setting key, values)
 _RELEVANT_OUTSIDE_PARALLEL = {
     "data.vocab_size": ("data.source", ("synthetic",)),
@@ -68,11 +47,8 @@ def rules_from_specs(specs: Mapping[str, Any]) -> Rules:
 
 
 def strategy_rules() -> Rules:
-    """The one place the panel learns each strategy's requirements.
-
-    Once workbench.config exports ``STRATEGY_SPECS`` this becomes ``return rules_from_specs(C.STRATEGY_SPECS)``.
-    """
-    return rules_from_specs(_STRATEGIES_AS_VALIDATED)
+    """The one place the panel learns each strategy's requirements: the validator's own STRATEGY_SPECS."""
+    return rules_from_specs(C.STRATEGY_SPECS)
 
 
 def max_processes(devices: DeviceInfo) -> int:

@@ -93,9 +93,9 @@ def _split_size(cfg: RunConfig, split: str) -> int:
 
 @lru_cache(maxsize=4)
 def _task(vocab: int, seed: int, num_labels: int) -> SentimentTask:
-    from workbench.data import _chain
+    from workbench.data import chain
 
-    return SentimentTask.make(_chain(vocab, seed), num_labels, seed)
+    return SentimentTask.make(chain(vocab, seed), num_labels, seed)
 
 
 def sentiment_task(cfg: RunConfig) -> SentimentTask:
