@@ -17,7 +17,6 @@ from widgets.controls import ChoiceButtons, get_key
 from widgets.problems_view import note_html
 from workbench.config import DeviceInfo, RunConfig
 
-
 # keys that only matter under a setting other than the strategy: key -> (setting key, values)
 _RELEVANT_OUTSIDE_PARALLEL = {
     "data.vocab_size": ("data.source", ("synthetic",)),

@@ -70,7 +70,6 @@ def chain(vocab: int, seed: int) -> MarkovChain:
     return MarkovChain.make(vocab, seed)
 
 
-
 # The text source splits a file by position: the first 90% of its bytes train, the rest evaluates.
 TEXT_TRAIN_FRACTION = 0.9
 
