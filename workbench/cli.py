@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 from workbench.config import ConfigError, RunConfig
+from workbench.fileio import format_bytes
 from workbench.runs import Run, list_runs
 
 QUICKSTART = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "quickstart.yaml")
@@ -21,16 +22,6 @@ def _fail(msg: str) -> int:
 def _load(path: str, sets: list[str]) -> RunConfig:
     cfg = RunConfig.from_yaml(path)
     return cfg.override_strings(sets or [])
-
-
-def _fmt_bytes(n: float | None) -> str:
-    if n is None:
-        return "-"
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.1f} {unit}"
-        n /= 1024
-    return str(n)
 
 
 def follow_with_progress(run: Run, total: int) -> None:
@@ -79,7 +70,7 @@ def print_summary(run: Run) -> None:
         print(f"  tokens/s          {s['tokens_per_s']:.0f}")
     if s["mfu"] is not None:
         print(f"  MFU               {100 * s['mfu']:.1f}%")
-    print(f"  peak memory/rank  {_fmt_bytes(s['peak_mem_bytes'])}")
+    print(f"  peak memory/rank  {format_bytes(s['peak_mem_bytes'])}")
     eff = run.info.get("effective") or {}
     if eff:
         print(
