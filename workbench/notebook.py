@@ -1,7 +1,7 @@
 """notebook_launch: run a training loop written in a notebook cell on N processes, as a run folder.
 
 Wraps ``accelerate.notebook_launcher`` (which forks, so functions defined in cells work). Two traps it
-handles (../shared/FACTS.md): on CPU each worker silently has world size 1 unless ACCELERATE_USE_CPU=1 is
+handles (measured with accelerate 1.15): on CPU each worker silently has world size 1 unless ACCELERATE_USE_CPU=1 is
 set, and the launcher's own ``mixed_precision=`` argument has no effect — pass precision to the
 ``Accelerator`` you build inside ``fn``.
 

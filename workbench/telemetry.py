@@ -147,6 +147,17 @@ def read_metrics(path: str) -> list[dict[str, Any]]:
     return read_jsonl(path)
 
 
+def drop_events_after(path: str, step: int) -> None:
+    """Keep only the events of metrics.jsonl up to ``step`` (a resumed run rewrites what came after its checkpoint),
+    so one metrics file never holds a step twice."""
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        keep = [ln for ln in f if ln.strip() and json.loads(ln).get("step", 0) <= step]
+    with open(path, "w") as f:
+        f.writelines(keep)
+
+
 # event keys that are not TensorBoard scalars: the wall clock does not survive float32 (see the module doc)
 NOT_SCALARS = ("step", "time")
 
