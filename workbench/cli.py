@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 
+from workbench import checkpoints
 from workbench.config import ConfigError, RunConfig
 from workbench.fileio import format_bytes
 from workbench.runs import Run, list_runs
@@ -187,12 +188,10 @@ def cmd_scale_out(args: argparse.Namespace) -> int:
 
 def _finished_run(arg: str, runs_dir: str) -> str:
     """A run folder given as a path, or as a name under --runs-dir; it must hold a model checkpoint."""
-    from workbench.config import model_checkpoint
-
     path = arg if os.path.isdir(arg) else os.path.join(runs_dir, arg)
     if not os.path.isfile(os.path.join(path, "config.yaml")):
         raise FileNotFoundError(f"{arg!r} is not a run folder (no config.yaml); give a path or a name in {runs_dir}/")
-    if model_checkpoint(path) is None:
+    if checkpoints.latest(path, with_model_weights=True) is None:
         raise FileNotFoundError(f"{path!r} holds no checkpoint with model weights yet; let the run finish first")
     return path
 

@@ -29,13 +29,7 @@ import torch
 import torch.nn as nn
 
 from workbench.parallel.checkpointing import find_blocks
-from workbench.parallel.common import (
-    DCPCheckpoint,
-    Layout,
-    clip_,
-    global_grad_norm,
-    loss_of,
-)
+from workbench.parallel.common import DTensorLayout, Layout, loss_of
 
 
 class Zero1Layout(Layout):
@@ -105,7 +99,7 @@ class Zero1Layout(Layout):
         self.optimizer.load_state_dict(state["optimizer"])  # each rank keeps its own share
 
 
-class FSDPLayout(DCPCheckpoint, Layout):
+class FSDPLayout(DTensorLayout):
     """ZeRO-2 / ZeRO-3 with FSDP2: every parameter becomes a DTensor sharded on dim 0 across the ranks."""
 
     checkpoint_format = "torch.distributed.checkpoint (sharded, one file per rank)"
@@ -139,13 +133,6 @@ class FSDPLayout(DCPCheckpoint, Layout):
             loss = loss_of(self.model(x, y))
         (loss / self.accum).backward()  # reduce-scatters each block's gradient into its shard
         return loss.detach().float(), self._one
-
-    def _step(self, max_norm):
-        params = list(self.model.parameters())
-        norm = global_grad_norm(params)
-        clip_(params, max_norm, norm)
-        self.optimizer.step()
-        return norm
 
     def extra_facts(self) -> dict[str, Any]:
         return {"reshard_after_forward": self.reshard_after_forward, "mesh": {"dp": self.world}}
