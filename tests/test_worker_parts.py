@@ -54,8 +54,9 @@ def test_jsonl_tail_returns_each_event_once(tmp_path):
 
 def test_format_bytes_and_atomic_json(tmp_path):
     assert format_bytes(None) == "-"
-    assert format_bytes(512) == "512.0 B"
+    assert format_bytes(512) == "512 B"
     assert format_bytes(1.5 * 1024**3) == "1.5 GiB"
+    assert format_bytes(-3 * 1024**2) == "-3.0 MiB"
     write_json_atomic(str(tmp_path / "a.json"), {"x": 1})
     assert json.load(open(tmp_path / "a.json")) == {"x": 1}
     assert os.listdir(tmp_path) == ["a.json"]  # no temp file left behind

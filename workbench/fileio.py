@@ -77,11 +77,13 @@ class JsonlTail:
 
 
 def format_bytes(n: float | None) -> str:
-    """A byte count in binary units, one decimal ("1.5 GiB"); "-" for an unknown figure."""
+    """A byte count in binary units ("512 B", "1.5 GiB", "-3.0 MiB" for a difference); "-" for an unknown figure."""
     if n is None:
         return "-"
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.1f} {unit}"
+    neg, n = n < 0, abs(float(n))
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if n < 1024 or unit == "PiB":
+            s = f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+            return "-" + s if neg else s
         n /= 1024
     return str(n)
