@@ -193,6 +193,31 @@ def test_killed_rank_fails_fast_and_keeps_metrics(workdir, small):
     assert {e.step for e in ea.Scalars("loss")} >= {m["step"] for m in kept}
 
 
+def test_kill_leaves_no_orphan_worker(workdir, small):
+    # The workers lead their own sessions: killing the launcher alone orphans them, and they train on. With
+    # the supervisor gone too (as after a crash of the machine's session), only Run.kill can end them.
+    run = wb.launch(small.override({"name": "killme", "max_steps": 100000, "log_every": 2, "eval_every": 0}))
+    _wait_for_metrics(run, 2)
+    t0 = time.time()
+    while len(_worker_pids(run)) < 2 and time.time() - t0 < 30:
+        time.sleep(0.1)
+    pids = _worker_pids(run)
+    assert len(pids) == 2
+    os.kill(run.info["supervisor_pid"], signal.SIGKILL)
+    try:
+        run.kill()
+        t1 = time.time()
+        while [p for p in pids if _alive(p)] and time.time() - t1 < 20:  # SIGKILL: gone as soon as reaped
+            time.sleep(0.1)
+        assert not [p for p in pids if _alive(p)], "a worker outlived Run.kill"
+    finally:
+        for p in pids:
+            try:
+                os.kill(p, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
 def test_hung_rank_fails_within_the_timeout(workdir, small):
     run = wb.launch(
         small.override({"name": "hang", "max_steps": 100000, "log_every": 2, "eval_every": 0, "timeout_s": 10})

@@ -252,3 +252,24 @@ def test_cli_train_and_runs(workdir):
         ["workbench", "train", QUICKSTART, "--set", "grad_accum_steps=0"], capture_output=True, text=True
     )
     assert bad.returncode == 2 and "grad_accum_steps" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_no_eval_loss_over_zero_samples_and_resume_only_when_asked(workdir, quickstart):
+    # The eval split holds fewer sequences than one micro-batch: the eval loader (drop_last) yields nothing. The
+    # worker is run directly (config validation, which refuses this config, is bypassed on purpose): it must
+    # leave eval_loss out and say why, never log sum / clamp(count, 1) = 0.
+    cfg = quickstart.override({"name": "zero", "micro_batch_size": 600, "model.seq_len": 16, "grad_accum_steps": 1,
+                               "parallel.num_processes": 1, "eval_every": 1, "max_steps": 2, "log_every": 1})  # fmt: skip
+    run_dir = workdir / "runs" / "zero"
+    run_dir.mkdir(parents=True)
+    cfg.to_yaml(str(run_dir / "config.yaml"))
+    # A stale "resume" in status.json is no instruction: only the --resume argument makes the worker resume.
+    (run_dir / "status.json").write_text(json.dumps({"state": "starting", "resume": True}))
+    out = subprocess.run([sys.executable, "-m", "workbench.worker", str(run_dir / "config.yaml")],
+                         capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    events = wb.Run(str(run_dir)).metrics()
+    assert [e["step"] for e in events] == [1, 2]
+    assert all("eval_loss" not in e for e in events), [e.get("eval_loss") for e in events]
+    assert "no evaluation sample" in json.load(open(run_dir / "status.json"))["eval_skipped"]
+    assert all(e["elapsed_s"] > 0 for e in events)

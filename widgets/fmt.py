@@ -4,18 +4,9 @@ from __future__ import annotations
 
 import math
 
+from workbench.fileio import format_bytes as fmt_bytes  # 1536 -> "1.5 KiB"; None -> "-"
 
-def fmt_bytes(n: float | None) -> str:
-    """1536 -> "1.5 KiB"; None -> "-" (unknown stays visibly unknown)."""
-    if n is None:
-        return "-"
-    neg, n = n < 0, abs(float(n))
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
-            s = f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-            return "-" + s if neg else s
-        n /= 1024
-    return str(n)
+__all__ = ["fmt_bytes", "fmt_duration"]
 
 
 def fmt_duration(s: float | None) -> str:

@@ -7,7 +7,9 @@ import os
 import subprocess
 import sys
 
+from workbench import checkpoints
 from workbench.config import ConfigError, RunConfig
+from workbench.fileio import format_bytes
 from workbench.runs import Run, list_runs
 
 QUICKSTART = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "quickstart.yaml")
@@ -21,16 +23,6 @@ def _fail(msg: str) -> int:
 def _load(path: str, sets: list[str]) -> RunConfig:
     cfg = RunConfig.from_yaml(path)
     return cfg.override_strings(sets or [])
-
-
-def _fmt_bytes(n: float | None) -> str:
-    if n is None:
-        return "-"
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.1f} {unit}"
-        n /= 1024
-    return str(n)
 
 
 def follow_with_progress(run: Run, total: int) -> None:
@@ -79,7 +71,7 @@ def print_summary(run: Run) -> None:
         print(f"  tokens/s          {s['tokens_per_s']:.0f}")
     if s["mfu"] is not None:
         print(f"  MFU               {100 * s['mfu']:.1f}%")
-    print(f"  peak memory/rank  {_fmt_bytes(s['peak_mem_bytes'])}")
+    print(f"  peak memory/rank  {format_bytes(s['peak_mem_bytes'])}")
     eff = run.info.get("effective") or {}
     if eff:
         print(
@@ -196,12 +188,10 @@ def cmd_scale_out(args: argparse.Namespace) -> int:
 
 def _finished_run(arg: str, runs_dir: str) -> str:
     """A run folder given as a path, or as a name under --runs-dir; it must hold a model checkpoint."""
-    from workbench.config import model_checkpoint
-
     path = arg if os.path.isdir(arg) else os.path.join(runs_dir, arg)
     if not os.path.isfile(os.path.join(path, "config.yaml")):
         raise FileNotFoundError(f"{arg!r} is not a run folder (no config.yaml); give a path or a name in {runs_dir}/")
-    if model_checkpoint(path) is None:
+    if checkpoints.latest(path, with_model_weights=True) is None:
         raise FileNotFoundError(f"{path!r} holds no checkpoint with model weights yet; let the run finish first")
     return path
 
@@ -211,10 +201,10 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     try:
         path = _finished_run(args.run, args.runs_dir)
-    except FileNotFoundError as e:
-        return _fail(str(e))
-    # ONNX is the one format for now; --onnx names it, as later formats will have their flag
-    report = export_onnx(path, path=args.out, batch_size=args.batch_size, dynamo=not args.torchscript)
+        # ONNX is the one format for now; --onnx names it, as later formats will have their flag
+        report = export_onnx(path, path=args.out, batch_size=args.batch_size, dynamo=not args.torchscript)
+    except (FileNotFoundError, ModuleNotFoundError, ValueError, TypeError) as e:
+        return _fail(str(e))  # your module not found from here, or a forward that breaks the serving contract
     print(report.table())
     return 0 if report.parity else 1
 
@@ -224,9 +214,9 @@ def cmd_quantize(args: argparse.Namespace) -> int:
 
     try:
         path = _finished_run(args.run, args.runs_dir)
-    except FileNotFoundError as e:
+        print(quantize(path, batch_size=args.batch_size).table())
+    except (FileNotFoundError, ModuleNotFoundError, ValueError, TypeError) as e:
         return _fail(str(e))
-    print(quantize(path, batch_size=args.batch_size).table())
     return 0
 
 
@@ -236,7 +226,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
     try:
         path = _finished_run(args.run, args.runs_dir)
         print(prune(path, args.sparsity, batch_size=args.batch_size).table())
-    except (FileNotFoundError, ValueError) as e:
+    except (FileNotFoundError, ModuleNotFoundError, ValueError, TypeError) as e:
         return _fail(str(e))
     return 0
 

@@ -11,13 +11,20 @@ Process layout (why each piece exists):
               └─ rank 1
 
 On CPU, `accelerate launch --cpu --num_processes N` silently starts ONE process, and `--multi_gpu` alone
-starts N processes that never synchronise (../shared/FACTS.md). What really gives N gloo ranks is
-`ACCELERATE_USE_CPU=1` together with `--multi_gpu --num_processes N`; the worker also passes
-`Accelerator(cpu=True)` and records the world size it really got, which the tests assert.
+starts N processes that never synchronise (both measured with accelerate 1.15, torch 2.13). What really
+gives N gloo ranks is `ACCELERATE_USE_CPU=1` together with `--multi_gpu --num_processes N`; the worker also
+passes `Accelerator(cpu=True)` and records the world size it really got, which the tests assert.
+
+Failures are read from torchelastic's structured error files: the worker's ``main`` is wrapped in ``@record``,
+which writes the exception (message, traceback, timestamp) as JSON to TORCHELASTIC_ERROR_FILE. ``--log_dir
+RUN_DIR/elastic`` puts torchelastic's per-rank files there (``elastic/<run id>/attempt_0/<rank>/error.json``);
+a single process runs without torchelastic, so the supervisor sets the variable itself (``elastic/0/error.json``).
 """
 
 from __future__ import annotations
 
+import argparse
+import glob
 import os
 import re
 import shutil
@@ -26,9 +33,14 @@ import socket
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 
+from workbench import checkpoints
 from workbench.config import ConfigError, DeviceInfo, Problem, RunConfig, effective_device
-from workbench.runs import Run, read_status, write_status
+from workbench.fileio import read_json
+from workbench.runs import Run, kill_workers, read_status, write_status
+
+ELASTIC_DIR = "elastic"  # torchelastic's log dir inside the run folder: per-rank error.json files
 
 
 def free_port() -> int:
@@ -50,9 +62,7 @@ def check_launchable(cfg: RunConfig, overwrite: bool = False, resume: bool = Fal
                 "(continue from its last checkpoint) or overwrite=True (delete it)",
             )
         )
-    if resume and not (
-        os.path.isdir(os.path.join(run_dir, "checkpoints")) and os.listdir(os.path.join(run_dir, "checkpoints"))
-    ):
+    if resume and checkpoints.latest(run_dir) is None:
         problems.append(Problem("name", f"resume asked for, but {run_dir!r} holds no checkpoint"))
     if resume and overwrite:
         problems.append(Problem("name", "ask for resume or overwrite, not both"))
@@ -71,18 +81,15 @@ def launch(cfg: RunConfig, overwrite: bool = False, resume: bool = False) -> Run
     if overwrite and os.path.exists(run_dir):
         shutil.rmtree(run_dir)
     os.makedirs(run_dir, exist_ok=True)
-    if resume:
-        for f in ("STOP",):
-            if os.path.exists(os.path.join(run_dir, f)):
-                os.remove(os.path.join(run_dir, f))
-        for f in os.listdir(run_dir):
-            if f.startswith("error_rank"):
-                os.remove(os.path.join(run_dir, f))
+    if resume:  # the previous job's stop request and error files are not this job's
+        if os.path.exists(os.path.join(run_dir, "STOP")):
+            os.remove(os.path.join(run_dir, "STOP"))
+        shutil.rmtree(os.path.join(run_dir, ELASTIC_DIR), ignore_errors=True)
     cfg.to_yaml(os.path.join(run_dir, "config.yaml"))
-    write_status(run_dir, state="starting", error=None, resume=resume, host=os.uname().nodename)
+    write_status(run_dir, state="starting", error=None, resume=resume, host=os.uname().nodename, launch_dir=os.getcwd())
     out = open(os.path.join(run_dir, "supervisor.log"), "ab")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "workbench.launch", run_dir],
+        [sys.executable, "-m", "workbench.launch", run_dir] + (["--resume"] if resume else []),
         stdout=out,
         stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL,
@@ -101,8 +108,14 @@ def _env_with_project_on_path() -> dict[str, str]:
     return env
 
 
-def accelerate_command(cfg: RunConfig, config_path: str, port: int) -> tuple[list[str], dict[str, str]]:
-    """The `accelerate launch` command line and environment that give cfg.parallel.num_processes ranks."""
+def accelerate_command(
+    cfg: RunConfig, config_path: str, port: int, resume: bool = False, log_dir: str | None = None
+) -> tuple[list[str], dict[str, str]]:
+    """The `accelerate launch` command line and environment that give cfg.parallel.num_processes ranks.
+
+    resume: the worker continues from the run folder's last checkpoint. log_dir: where torchelastic (and, for
+    one process, the worker itself) writes each rank's error.json.
+    """
     n = cfg.parallel.num_processes
     device = effective_device(cfg)
     env = dict(os.environ)
@@ -117,62 +130,107 @@ def accelerate_command(cfg: RunConfig, config_path: str, port: int) -> tuple[lis
         "--main_process_port", str(port),
         "--monitor_interval", "0.2",
     ]  # fmt: skip
+    if log_dir is not None:
+        if n > 1:
+            cmd += ["--log_dir", log_dir]  # torchelastic sets TORCHELASTIC_ERROR_FILE per rank under it
+        else:  # one process runs without torchelastic: name the file ourselves
+            os.makedirs(os.path.join(log_dir, "0"), exist_ok=True)
+            env["TORCHELASTIC_ERROR_FILE"] = os.path.join(log_dir, "0", "error.json")
     if device == "cpu":
         env["ACCELERATE_USE_CPU"] = "1"
         env["CUDA_VISIBLE_DEVICES"] = ""
         # One process per core share: without this each rank starts a thread per core and they fight.
         env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // n))
-    cmd += ["-m", "workbench.worker", config_path]
+    cmd += ["-m", "workbench.worker", config_path] + (["--resume"] if resume else [])
     return cmd, env
 
 
+@dataclass
+class RankError:
+    """One rank's exception, as ``@record`` wrote it to torchelastic's error file."""
+
+    rank: int
+    message: str
+    traceback: str
+    timestamp: float  # seconds; the file's modification time breaks ties of torchelastic's whole seconds
+
+
+def rank_errors(run_dir: str) -> dict[int, RankError]:
+    """rank -> the error its worker recorded, from RUN_DIR/elastic/**/<rank>/error.json (latest attempt wins)."""
+    out: dict[int, RankError] = {}
+    for path in sorted(glob.glob(os.path.join(run_dir, ELASTIC_DIR, "**", "error.json"), recursive=True)):
+        rank_dir = os.path.basename(os.path.dirname(path))
+        data = read_json(path)
+        if not rank_dir.isdigit() or not isinstance(data, dict):
+            continue
+        msg = data.get("message", {})
+        if not isinstance(msg, dict):  # torchelastic also accepts a plain message
+            msg = {"message": str(msg), "extraInfo": {}}
+        extra = msg.get("extraInfo") or {}
+        stamp = float(extra.get("timestamp") or 0) + (os.path.getmtime(path) % 1)
+        out[int(rank_dir)] = RankError(int(rank_dir), str(msg.get("message", "")), extra.get("py_callstack", ""), stamp)
+    return out
+
+
+# torchelastic's failure summary: the one thing its error files cannot say is how a rank that never raised
+# died (a signal). Only that exit code is read from its stderr.
 _FAILED_RANK = re.compile(r"rank\s*:\s*(\d+).*?exitcode\s*:\s*(-?\d+)", re.S)
 
 
-def _explain_failure(run_dir: str, rc: int) -> str:
+def elastic_root_cause(stderr_tail: str) -> tuple[int, int] | None:
+    """(rank, exit code) of the first rank torchelastic saw fail, from its "Root Cause" summary, or None."""
+    text = stderr_tail[stderr_tail.find("Root Cause") :] if "Root Cause" in stderr_tail else stderr_tail
+    m = _FAILED_RANK.search(text)
+    return (int(m.group(1)), int(m.group(2))) if m else None
+
+
+def explain_failure(run_dir: str, rc: int) -> str:
     """The cause of a failed job, in words: which rank, how, and its traceback.
 
-    torchelastic's "Root Cause" names the first rank to fail. A rank killed by a signal leaves no traceback,
-    and the survivors then raise "connection closed" errors in its wake: those are not the cause.
+    A rank that raised left an error file: the earliest is the cause. A rank killed by a signal leaves none, and
+    the survivors then raise "connection closed" errors in its wake: those are not the cause, so torchelastic's
+    root cause wins when it names a rank that left no error file and died by a signal.
     """
-    errors = {}
-    for f in os.listdir(run_dir):
-        if f.startswith("error_rank") and f.endswith(".txt"):
-            path = os.path.join(run_dir, f)
-            with open(path, errors="replace") as fh:
-                errors[f[len("error_rank") : -4]] = (os.path.getmtime(path), fh.read().strip())
+    errors = rank_errors(run_dir)
     try:
         with open(os.path.join(run_dir, "stderr.log"), errors="replace") as f:
             tail = f.read()[-20000:]
     except OSError:
         tail = ""
-    m = _FAILED_RANK.search(tail[tail.find("Root Cause") :] if "Root Cause" in tail else tail)
-    if m and m.group(1) in errors:
+    root = elastic_root_cause(tail)
+    if root and root[0] in errors:
         # The root-cause rank left a traceback: that is the cause, even when torchelastic reports it as killed
         # (it SIGTERMs, then SIGKILLs, ranks still unwinding once another one failed).
-        return f"rank {m.group(1)} raised:\n{errors[m.group(1)][1]}"
-    if m and int(m.group(2)) < 0:
-        rank, code = int(m.group(1)), int(m.group(2))
-        try:
-            sig = signal.Signals(-code).name
-        except ValueError:
-            sig = f"signal {-code}"
-        return (
-            f"rank {rank} died ({sig}); the other ranks were shut down. Killed from outside, or by the kernel's "
-            "out-of-memory killer (check `dmesg`); metrics and checkpoints written before it are kept."
-        )
+        return _raised(errors[root[0]])
+    if root and root[1] < 0:
+        return _died(*root)
     if errors:
-        rank, (_, text) = min(errors.items(), key=lambda kv: kv[1][0])  # the first to fail is the cause
-        return f"rank {rank} raised:\n{text}"
-    if m:
-        return f"rank {m.group(1)} exited with code {m.group(2)}.\n\n" + tail[-3000:]
+        return _raised(min(errors.values(), key=lambda e: e.timestamp))  # the first to fail is the cause
+    if root:
+        return f"rank {root[0]} exited with code {root[1]}.\n\n" + tail[-3000:]
     return f"the launcher exited with code {rc}.\n\n" + tail[-3000:]
 
 
-def supervise(run_dir: str) -> int:
+def _raised(e: RankError) -> str:
+    return f"rank {e.rank} raised {e.message}:\n{e.traceback.strip() or e.message}"
+
+
+def _died(rank: int, code: int) -> str:
+    try:
+        sig = signal.Signals(-code).name
+    except ValueError:
+        sig = f"signal {-code}"
+    return (
+        f"rank {rank} died ({sig}); the other ranks were shut down. Killed from outside, or by the kernel's "
+        "out-of-memory killer (check `dmesg`); metrics and checkpoints written before it are kept."
+    )
+
+
+def supervise(run_dir: str, resume: bool = False) -> int:
     """Run the job to its end and write the final status. Entry point of `python -m workbench.launch`."""
     cfg = RunConfig.from_yaml(os.path.join(run_dir, "config.yaml"))
-    cmd, env = accelerate_command(cfg, os.path.join(run_dir, "config.yaml"), free_port())
+    log_dir = os.path.join(run_dir, ELASTIC_DIR)
+    cmd, env = accelerate_command(cfg, os.path.join(run_dir, "config.yaml"), free_port(), resume, log_dir)
     env["WORKBENCH_RUN_DIR"] = run_dir
     with open(os.path.join(run_dir, "stdout.log"), "ab") as out, open(os.path.join(run_dir, "stderr.log"), "ab") as err:
         launcher = subprocess.Popen(cmd, stdout=out, stderr=err, stdin=subprocess.DEVNULL, env=env, cwd=os.getcwd())
@@ -197,9 +255,9 @@ def supervise(run_dir: str) -> int:
     if rc == 0 and state in ("finished", "stopped"):
         write_status(run_dir, ended=time.time(), exit_code=rc)
     else:
-        error = _explain_failure(run_dir, rc) if rc != 0 else "workers exited without reporting an end"
+        error = explain_failure(run_dir, rc) if rc != 0 else "workers exited without reporting an end"
         write_status(run_dir, state="failed", error=error, ended=time.time(), exit_code=rc)
-    _reap_workers(run_dir)
+    kill_workers(run_dir)  # any worker still alive after the launcher ended (e.g. the launcher was killed)
     return 0
 
 
@@ -217,27 +275,20 @@ def _wait_launcher(launcher: subprocess.Popen, run_dir: str, grace_s: float = 3.
         except subprocess.TimeoutExpired:
             pass
         if first_error is None:
-            if any(f.startswith("error_rank") for f in os.listdir(run_dir)):
+            if rank_errors(run_dir):
                 first_error = time.monotonic()
         elif time.monotonic() - first_error > grace_s:
-            _reap_workers(run_dir)
+            kill_workers(run_dir)
             first_error = float("inf")  # once
 
 
-def _reap_workers(run_dir: str) -> None:
-    """Kill any worker still alive after the launcher ended (e.g. the launcher itself was killed)."""
-    for f in os.listdir(run_dir):
-        if f.startswith(".rank") and f.endswith(".pid"):
-            try:
-                with open(os.path.join(run_dir, f)) as fh:
-                    pid = int(fh.read().strip())
-                with open(f"/proc/{pid}/cmdline", "rb") as fh:  # never a recycled PID of someone else
-                    if b"workbench.worker" not in fh.read():
-                        continue
-                os.kill(pid, signal.SIGKILL)
-            except (OSError, ValueError):
-                pass
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m workbench.launch", description="supervise one run's job")
+    p.add_argument("run_dir")
+    p.add_argument("--resume", action="store_true", help="the workers continue from the last checkpoint")
+    args = p.parse_args(argv)
+    return supervise(os.path.abspath(args.run_dir), resume=args.resume)
 
 
 if __name__ == "__main__":
-    sys.exit(supervise(os.path.abspath(sys.argv[1])))
+    sys.exit(main())

@@ -1,7 +1,7 @@
 """notebook_launch: run a training loop written in a notebook cell on N processes, as a run folder.
 
 Wraps ``accelerate.notebook_launcher`` (which forks, so functions defined in cells work). Two traps it
-handles (../shared/FACTS.md): on CPU each worker silently has world size 1 unless ACCELERATE_USE_CPU=1 is
+handles (measured with accelerate 1.15): on CPU each worker silently has world size 1 unless ACCELERATE_USE_CPU=1 is
 set, and the launcher's own ``mixed_precision=`` argument has no effect — pass precision to the
 ``Accelerator`` you build inside ``fn``.
 
@@ -16,7 +16,7 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
-from workbench.config import _NAME_RE, ConfigError, Problem
+from workbench.config import NAME_RE, ConfigError, Problem
 from workbench.runs import Run, write_status
 
 
@@ -33,7 +33,7 @@ def notebook_launch(
 
     Returns the Run of the folder ``runs_dir/name``: status finished or failed (with the worker's error).
     """
-    if not isinstance(name, str) or not _NAME_RE.match(name):
+    if not isinstance(name, str) or not NAME_RE.match(name):
         raise ConfigError([Problem("name", f"{name!r} is not a safe single folder name")])
     if not isinstance(num_processes, int) or num_processes < 1:
         raise ConfigError([Problem("parallel.num_processes", f"must be a whole number >= 1, got {num_processes!r}")])

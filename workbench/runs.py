@@ -9,42 +9,60 @@ A run folder ``runs/<name>/`` holds:
     stdout.log, stderr.log   what the launcher and workers printed
     error_rank<r>.txt  the traceback of a worker that raised
     STOP               written by Run.stop(); rank 0 sees it and the ranks agree to stop
+    .rank<r>.pid       each worker's PID (Run.kill and the supervisor end leftover workers with them)
+    elastic/           torchelastic's per-rank error.json files (see workbench.launch.explain_failure)
+
+status.json's keys are defined in workbench.status.
 
 Nothing here imports torch, so a notebook or the CLI can list and follow runs instantly.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import time
 from collections.abc import Iterator
 from typing import Any
 
-from workbench.telemetry import read_metrics
+from workbench import checkpoints
+from workbench.fileio import JsonlTail, read_jsonl
+from workbench.status import TERMINAL, read_status, write_status
 
-TERMINAL = ("finished", "failed", "stopped")
-
-
-def read_status(run_dir: str) -> dict[str, Any]:
-    try:
-        with open(os.path.join(run_dir, "status.json")) as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return {}
+__all__ = ["TERMINAL", "Run", "kill_workers", "list_runs", "read_status", "worker_pids", "write_status"]
 
 
-def write_status(run_dir: str, **fields: Any) -> dict[str, Any]:
-    """Merge fields into status.json atomically (write a temp file, then rename)."""
-    status = read_status(run_dir)
-    status.update(fields)
-    status["updated"] = time.time()
-    tmp = os.path.join(run_dir, f".status.{os.getpid()}.tmp")
-    with open(tmp, "w") as f:
-        json.dump(status, f, indent=1)
-    os.replace(tmp, os.path.join(run_dir, "status.json"))
-    return status
+def worker_pids(run_dir: str) -> dict[int, int]:
+    """rank -> PID of the run's workers, from the .rank<r>.pid files each worker writes when it starts."""
+    out = {}
+    for f in os.listdir(run_dir) if os.path.isdir(run_dir) else []:
+        if f.startswith(".rank") and f.endswith(".pid") and f[5:-4].isdigit():
+            try:
+                with open(os.path.join(run_dir, f)) as fh:
+                    out[int(f[5:-4])] = int(fh.read().strip())
+            except (OSError, ValueError):
+                pass
+    return out
+
+
+def kill_workers(run_dir: str) -> list[int]:
+    """SIGKILL every worker of the run still alive; returns the PIDs signalled.
+
+    The workers lead their own process groups (torchelastic starts them with start_new_session), so killing the
+    launcher or its group never reaches them: a killed launcher leaves them training on. Each PID is checked to
+    still be a workbench worker first, never a recycled PID of someone else.
+    """
+    killed = []
+    for pid in worker_pids(run_dir).values():
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as fh:
+                if b"workbench.worker" not in fh.read():
+                    continue
+            os.kill(pid, signal.SIGKILL)
+            killed.append(pid)
+        except (OSError, ValueError):
+            pass
+    return killed
 
 
 def _pid_alive(pid: int | None) -> bool:
@@ -70,8 +88,7 @@ class Run:
     def __init__(self, path: str, process: Any = None):
         self.path = os.path.abspath(path)
         self._process = process  # the supervisor's Popen when this kernel launched it
-        self._offset = 0
-        self._partial = ""
+        self._tail = JsonlTail(os.path.join(self.path, "metrics.jsonl"))
 
     def __repr__(self) -> str:
         return f"Run({self.name!r}, status={self.status!r})"
@@ -130,29 +147,11 @@ class Run:
         return read_status(self.path)
 
     def metrics(self) -> list[dict[str, Any]]:
-        return read_metrics(os.path.join(self.path, "metrics.jsonl"))
+        return read_jsonl(os.path.join(self.path, "metrics.jsonl"))
 
     def new_metrics(self) -> list[dict[str, Any]]:
         """Events written since the last call (used by follow() and the dashboard)."""
-        path = os.path.join(self.path, "metrics.jsonl")
-        try:
-            with open(path) as f:
-                f.seek(self._offset)
-                chunk = f.read()
-                self._offset = f.tell()
-        except FileNotFoundError:
-            return []
-        text = self._partial + chunk
-        lines = text.split("\n")
-        self._partial = lines.pop()  # "" after a complete line; else a half-written line to finish later
-        out = []
-        for line in lines:
-            if line.strip():
-                try:
-                    out.append(json.loads(line))
-                except ValueError:
-                    pass
-        return out
+        return self._tail.read()
 
     def follow(self, poll_s: float = 0.2, timeout: float | None = None) -> Iterator[dict[str, Any]]:
         """Yield new metric events as they are written, until the run ends (then the rest, and return)."""
@@ -191,23 +190,22 @@ class Run:
             self.wait(timeout=timeout)
 
     def kill(self) -> None:
-        """Hard stop: SIGKILL the workers and the launcher (no checkpoint). Prefer stop()."""
-        st = read_status(self.path)
-        for pid in list(st.get("worker_pids", [])) + [st.get("launcher_pid")]:
-            if pid:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except (ProcessLookupError, PermissionError):
-                    pass
+        """Hard stop: SIGKILL the workers and the launcher (no checkpoint). Prefer stop().
+
+        The workers first (from their .rank<r>.pid files): killing only the launcher would orphan them.
+        The supervisor, if alive, then records the run as failed.
+        """
+        kill_workers(self.path)
+        pid = read_status(self.path).get("launcher_pid")
+        if pid:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
 
     def checkpoints(self) -> list[str]:
-        d = os.path.join(self.path, "checkpoints")
-        if not os.path.isdir(d):
-            return []
-        steps = sorted(
-            (int(x.split("_")[1]), x) for x in os.listdir(d) if x.startswith("step_") and x.split("_")[1].isdigit()
-        )
-        return [os.path.join(d, x) for _, x in steps]
+        """The run's checkpoints/step_N folders, oldest first."""
+        return checkpoints.list_checkpoints(self.path)
 
     def summary(self) -> dict[str, Any]:
         ms = self.metrics()

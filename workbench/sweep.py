@@ -9,10 +9,9 @@ every config of the grid before it starts anything, then returns at once: a back
 ``parallel_runs`` of them training until the grid is done (processes share the machine: on 2 CPU cores one
 at a time is fastest).
 
-HParams: every run writes TensorBoard's HParams summary through its own event writer (``write_hparams``,
-called by the worker), so TensorBoard's HParams dashboard lists each run with its config and its metrics.
-(Accelerate's ``init_trackers(config=...)`` puts them in a separate sub-run with no metrics linked and
-crashes on list values: ../shared/FACTS.md.)
+HParams: every run writes TensorBoard's HParams summary through its own event writer
+(``workbench.telemetry.write_hparams``, called by the worker), so TensorBoard's HParams dashboard lists each run
+with its config and its metrics.
 """
 
 from __future__ import annotations
@@ -27,22 +26,12 @@ from typing import Any
 
 from workbench.config import ConfigError, Problem, RunConfig
 from workbench.runs import Run, write_status
-
-# the scalar tags the worker logs that HParams links to each run's hyper-parameters
-HPARAM_METRICS = ("loss", "eval_loss", "tokens_per_s", "mfu")
-
-
-def _value_str(v: Any) -> str:
-    if isinstance(v, (list, tuple)):
-        return ",".join(_value_str(x) for x in v)
-    if isinstance(v, float):
-        return repr(v)
-    return str(v)
+from workbench.telemetry import hparams_dict, value_str
 
 
 def run_name(base_name: str, point: dict[str, Any]) -> str:
     """The folder name of one grid point: base-key=value-key=value (a valid config name, <= 128 chars)."""
-    name = "-".join([base_name] + [f"{k}={_value_str(v)}" for k, v in point.items()])
+    name = "-".join([base_name] + [f"{k}={value_str(v)}" for k, v in point.items()])
     name = "".join(c if c.isalnum() or c in "._=,+-" else "_" for c in name)
     if len(name) > 128:  # keep it a single safe folder name; the hash keeps grid points apart
         digest = hashlib.sha1(name.encode()).hexdigest()[:8]
@@ -163,39 +152,4 @@ def sweep(base_cfg: RunConfig, grid: dict[str, list[Any]], parallel_runs: int = 
     return runs
 
 
-# ---------------------------------------------------------------------------------------------------------
-# HParams
-
-
-def hparams_dict(cfg: RunConfig) -> dict[str, Any]:
-    """The config as HParams wants it: flat dotted keys, int/float/str/bool values (lists joined, None as "")."""
-    out: dict[str, Any] = {}
-
-    def walk(d: dict[str, Any], prefix: str) -> None:
-        for k, v in d.items():
-            if isinstance(v, dict):
-                walk(v, f"{prefix}{k}.")
-            elif isinstance(v, (list, tuple)):
-                out[prefix + k] = _value_str(list(v))
-            elif v is None:
-                out[prefix + k] = ""
-            else:
-                out[prefix + k] = v
-
-    walk(cfg.to_dict(), "")
-    return out
-
-
-def write_hparams(writer: Any, cfg: RunConfig, metrics: tuple[str, ...] = HPARAM_METRICS) -> None:
-    """Write TensorBoard's HParams records (experiment, session start, session end) through ``writer``, the
-    run's own SummaryWriter, so that HParams links this run's scalars to its config."""
-    from torch.utils.tensorboard.summary import hparams
-
-    exp, ssi, sei = hparams(hparams_dict(cfg), {m: 0.0 for m in metrics})
-    fw = writer.file_writer if hasattr(writer, "file_writer") else writer._get_file_writer()
-    for record in (exp, ssi, sei):
-        fw.add_summary(record)
-    writer.flush()
-
-
-__all__ = ["Sweep", "grid_points", "hparams_dict", "run_name", "sweep", "sweep_configs", "write_hparams"]
+__all__ = ["Sweep", "grid_points", "hparams_dict", "run_name", "sweep", "sweep_configs"]

@@ -1,7 +1,11 @@
 """Metric events: metrics.jsonl (the contract other tools read) and TensorBoard, plus MFU and memory.
 
 Keys of a metric event (add freely, never rename): step, tokens, loss, eval_loss, lr, grad_norm,
-tokens_per_s, samples_per_s, step_time_s, mfu, mem_bytes (one entry per rank).
+tokens_per_s, samples_per_s, step_time_s, mfu, mem_bytes (one entry per rank), time (wall clock, seconds since
+the epoch), elapsed_s (seconds since this job started).
+
+TensorBoard stores scalars as float32: ``time`` (~1.7e9 s) would be off by up to 128 s there (2^-24 relative),
+so it stays in metrics.jsonl only; elapsed_s is exact to well under a millisecond for days.
 """
 
 from __future__ import annotations
@@ -13,23 +17,7 @@ import resource
 import time
 from typing import Any
 
-# The peak FLOP/s of devices moved to workbench/plan/devices.py (its one home). These two wrappers keep the
-# worker's old float-returning calls running until it codes against plan.devices directly.
-
-
-def gpu_peak_flops(name: str, precision: str) -> float | None:
-    """Data-sheet peak FLOP/s for a GPU name as torch reports it, or None for an unknown card."""
-    from workbench.plan.devices import gpu_peak_flops as peak
-
-    p = peak(name, precision)
-    return None if p is None else p.flops
-
-
-def cpu_peak_flops(dtype_name: str = "fp32", threads: int | None = None) -> float:
-    """The measured (and re-validated) matmul peak of this CPU; see workbench.plan.devices.cpu_peak_flops."""
-    from workbench.plan.devices import cpu_peak_flops as peak
-
-    return peak(dtype_name, threads).flops
+from workbench.fileio import read_jsonl
 
 
 def peak_memory_bytes(device_type: str) -> int:
@@ -68,27 +56,41 @@ def _jsonable(v: Any) -> Any:
 
 def read_metrics(path: str) -> list[dict[str, Any]]:
     """All complete events in a metrics.jsonl (a trailing half-written line is skipped)."""
-    out = []
-    try:
-        with open(path) as f:
-            for line in f:
-                if line.endswith("\n"):
-                    try:
-                        out.append(json.loads(line))
-                    except ValueError:
-                        pass
-    except FileNotFoundError:
-        pass
-    return out
+    return read_jsonl(path)
+
+
+def drop_events_after(path: str, step: int) -> None:
+    """Keep only the events of metrics.jsonl up to ``step`` (a resumed run rewrites what came after its checkpoint),
+    so one metrics file never holds a step twice."""
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        keep = [ln for ln in f if ln.strip() and json.loads(ln).get("step", 0) <= step]
+    with open(path, "w") as f:
+        f.writelines(keep)
+
+
+# event keys that are not TensorBoard scalars: the wall clock does not survive float32 (see the module doc)
+NOT_SCALARS = ("step", "time")
+
+
+def mfu(flops_per_token: float, tokens_per_s: float, peak_flops_per_device: float | None, world: int) -> float | None:
+    """Model FLOPs utilisation: achieved model FLOP/s over the peak of all devices.
+
+    None when the peak is unknown, and None above 1: a model cannot run faster than its devices' peak, so such a
+    figure means the peak is wrong (the worker then measures it again: Trainer.check_peak), never 130% MFU.
+    """
+    if peak_flops_per_device is None or not math.isfinite(peak_flops_per_device) or peak_flops_per_device <= 0:
+        return None
+    value = flops_per_token * tokens_per_s / (peak_flops_per_device * world)
+    return value if value <= 1.0 else None
 
 
 def tensorboard_scalars(event: dict[str, Any]) -> dict[str, float]:
     """The scalar part of a metric event, as TensorBoard tags (per-rank memory as mem_bytes/rank{i})."""
     out: dict[str, float] = {}
     for k, v in event.items():
-        if k == "step":
-            continue
-        if isinstance(v, bool):
+        if k in NOT_SCALARS or isinstance(v, bool):
             continue
         if isinstance(v, (int, float)) and math.isfinite(v):
             out[k] = float(v)
@@ -146,3 +148,54 @@ class Reporter:
         if self._writer is not None:
             self._writer.close()
             self._tb.close()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# HParams: the config beside the run's metrics in TensorBoard's HParams dashboard
+
+# the scalar tags the worker logs that HParams links to each run's hyper-parameters
+HPARAM_METRICS = ("loss", "eval_loss", "tokens_per_s", "mfu")
+
+
+def value_str(v: Any) -> str:
+    """A config value as one string: lists joined with commas, floats with repr (exact)."""
+    if isinstance(v, (list, tuple)):
+        return ",".join(value_str(x) for x in v)
+    if isinstance(v, float):
+        return repr(v)
+    return str(v)
+
+
+def hparams_dict(cfg: Any) -> dict[str, Any]:
+    """The config as HParams wants it: flat dotted keys, int/float/str/bool values (lists joined, None as "")."""
+    out: dict[str, Any] = {}
+
+    def walk(d: dict[str, Any], prefix: str) -> None:
+        for k, v in d.items():
+            if isinstance(v, dict):
+                walk(v, f"{prefix}{k}.")
+            elif isinstance(v, (list, tuple)):
+                out[prefix + k] = value_str(list(v))
+            elif v is None:
+                out[prefix + k] = ""
+            else:
+                out[prefix + k] = v
+
+    walk(cfg.to_dict(), "")
+    return out
+
+
+def write_hparams(writer: Any, cfg: Any, metrics: tuple[str, ...] = HPARAM_METRICS) -> None:
+    """Write TensorBoard's HParams records (experiment, session start, session end) through ``writer``, the
+    run's own SummaryWriter, so that HParams links this run's scalars to its config.
+
+    Not Accelerate's ``init_trackers(config=...)``: measured with accelerate 1.15, it puts HParams in a separate
+    timestamped sub-run with no metrics linked, and a list value in the config crashes rank 0.
+    """
+    from torch.utils.tensorboard.summary import hparams
+
+    exp, ssi, sei = hparams(hparams_dict(cfg), {m: 0.0 for m in metrics})
+    fw = writer.file_writer if hasattr(writer, "file_writer") else writer._get_file_writer()
+    for record in (exp, ssi, sei):
+        fw.add_summary(record)
+    writer.flush()

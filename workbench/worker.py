@@ -1,26 +1,48 @@
-"""The training process: `accelerate launch ... -m workbench.worker RUN_DIR/config.yaml`.
+"""The training process: `accelerate launch ... -m workbench.worker RUN_DIR/config.yaml [--resume]`.
 
-Builds the Accelerator from the RunConfig, prepares model / optimizer / data, trains with
-``accelerator.accumulate``, evaluates, checkpoints with ``save_state``, and reports through telemetry.
+Read it top to bottom as a training loop (the shape of torchtitan's Trainer):
 
-The hot path (one micro-step) does no host sync and no file I/O: the loss and grad norm are summed on the
-device and read back only at log steps, where the ranks also agree on whether to stop.
+    Trainer.__init__     setup: the Accelerator from the config, the model, the data loaders, the layout
+                         (parallel/), the scheduler, what is really in effect, the peak FLOP/s, a resume
+    Trainer.train_step   one optimizer step: forward_backward over grad_accum_steps micro-batches, then the
+                         layout's step (global grad norm, clip, update) and the scheduler
+    Trainer.log_step     at log steps only: read the device-side sums back, build the metric event, evaluate
+    Trainer.evaluate     mean eval loss over the eval split (None when it saw no sample)
+    checkpoints          workbench.checkpoints saves / loads step_N folders (save_state + the layout's files)
+
+The hot path (train_step) does no host sync and no file I/O: the loss and grad norm are summed on the device and
+read back only at log steps, where the ranks also agree on whether to stop.
+
+The loss trajectory depends on the order of random draws, so that order is part of the contract: set_seed, then
+the model, the data sets, the DataLoaders (a dedicated generator), prepare, the layout; rank 0's CPU peak
+calibration after that; then the loop.
 """
 
 from __future__ import annotations
 
-import json
+import argparse
 import math
 import os
 import sys
 import time
-import traceback
 from contextlib import nullcontext
 from datetime import timedelta
 from typing import Any
 
 import torch
 from torch.distributed.elastic.multiprocessing.errors import record
+
+from workbench import checkpoints
+from workbench.fileio import write_json_atomic
+from workbench.status import write_status
+from workbench.telemetry import (
+    MetricsWriter,
+    drop_events_after,
+    mfu,
+    peak_memory_bytes,
+    tensorboard_scalars,
+    write_hparams,
+)
 
 
 class TrainingDiverged(RuntimeError):
@@ -56,76 +78,25 @@ def build_optimizer(cfg, model: torch.nn.Module) -> torch.optim.Optimizer:
     return torch.optim.AdamW(groups, lr=o.lr, betas=tuple(o.betas))
 
 
-def _loss_of(out: Any) -> torch.Tensor:
-    return out[1] if isinstance(out, (tuple, list)) else out
+def precision_setup(cfg, on_cpu: bool) -> tuple[str, bool]:
+    """(Accelerate's mixed_precision, native_fp16).
 
-
-def _gather_objects(obj: Any) -> list[Any]:
-    """Every rank's ``obj`` (a JSON-able dict), on every rank; [obj] for a single process."""
-    if not torch.distributed.is_initialized():
-        return [obj]
-    out: list[Any] = [None] * torch.distributed.get_world_size()
-    torch.distributed.all_gather_object(out, obj)
-    return out
-
-
-def _comm_event(acc: Any, probe: Any) -> dict[str, Any]:
-    """comm_bytes (one entry per rank), comm_bytes_by_op (rank 0), as names.md fixes them."""
-    mine = torch.tensor([float(probe.total)], dtype=torch.float64, device=acc.device)
-    per_rank = acc.gather(mine)
-    return {
-        "comm_bytes": [int(v) for v in per_rank.tolist()],
-        "comm_bytes_by_op": {k: int(v) for k, v in probe.by_op.items()},
-        "comm_bytes_kind": "measured",
-        "comm_bytes_scope": "optimizer step 1 (payload handed to collectives and send/recv; static shapes)",
-    }
-
-
-def _write_json(path: str, obj: dict) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1)
-    os.replace(tmp, path)
-
-
-def train(cfg, run_dir: str) -> str:
-    from accelerate import Accelerator
-    from accelerate.utils import (
-        DataLoaderConfiguration,
-        GradientAccumulationPlugin,
-        InitProcessGroupKwargs,
-        set_seed,
-    )
-    from torch.utils.data import DataLoader
-
-    from workbench import finetune as ft
-    from workbench import parallel
-    from workbench.config import effective_device
-    from workbench.data import entropy_floor
-    from workbench.measure import FirstStepMeter, planned
-    from workbench.models import build_model, flops_per_token
-    from workbench.runs import read_status, write_status
-    from workbench.telemetry import (
-        MetricsWriter,
-        cpu_peak_flops,
-        gpu_peak_flops,
-        peak_memory_bytes,
-        tensorboard_scalars,
-    )
-
-    device_kind = effective_device(cfg)
-    on_cpu = device_kind == "cpu"
-    # Accelerate's mixed_precision="fp16" on CPU is silently fp32 (no autocast, no scaler). Make fp16 real
-    # with torch's own CPU autocast and GradScaler instead of running fp32 under an fp16 label.
+    Measured with accelerate 1.15: mixed_precision="fp16" on CPU is silently fp32 (no autocast, no scaler).
+    fp16 on CPU is made real with torch's own CPU autocast and GradScaler instead of running fp32 under an fp16
+    label (native_fp16), and Accelerate is told "no".
+    """
     native_fp16 = cfg.precision == "fp16" and on_cpu
     mixed = {"fp32": "no", "bf16": "bf16", "fp16": "fp16", "fp8": "fp8"}[cfg.precision]
-    if native_fp16:
-        mixed = "no"
-    resume = bool(read_status(run_dir).get("resume"))  # no status.json: started by hand or by scale-out
+    return ("no" if native_fp16 else mixed), native_fp16
 
-    acc = Accelerator(
+
+def build_accelerator(cfg, run_dir: str, mixed_precision: str, on_cpu: bool) -> Any:
+    from accelerate import Accelerator
+    from accelerate.utils import DataLoaderConfiguration, GradientAccumulationPlugin, InitProcessGroupKwargs
+
+    return Accelerator(
         cpu=on_cpu,
-        mixed_precision=mixed,
+        mixed_precision=mixed_precision,
         # sync_with_dataloader=False: an optimizer step is always exactly grad_accum_steps micro-batches,
         # also across epoch boundaries (the default would cut a step short at the end of each epoch).
         gradient_accumulation_plugin=GradientAccumulationPlugin(
@@ -139,311 +110,474 @@ def train(cfg, run_dir: str) -> str:
         # gloo's default timeout is 30 minutes: a rank that hangs would stall the others that long.
         kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(seconds=cfg.timeout_s))],
     )
-    rank, world = acc.process_index, acc.num_processes
-    with open(os.path.join(run_dir, f".rank{rank}.pid"), "w") as f:
-        f.write(str(os.getpid()))
-    main = acc.is_main_process
 
-    set_seed(cfg.seed)  # before building the model: every rank starts from the same weights
-    model = ft.build(cfg) if ft.active(cfg) else build_model(cfg)  # init_from, classify head, peft
-    teacher = ft.load_teacher(cfg, acc.device)  # distill.teacher's frozen model, or None
-    distill = ft.distill_step_loss(cfg, teacher) if teacher is not None else None
-    classify = cfg.task.kind == "classify"
-    n_params = sum(p.numel() for p in model.parameters())
-    fpt = flops_per_token(model)
-    train_ds, eval_ds = ft.dataset(cfg, "train"), ft.dataset(cfg, "eval")  # build_dataset for task.kind lm
-    # A dedicated generator: otherwise each new DataLoader iterator draws from the global RNG and shifts
-    # dropout after a resume.
-    gen = torch.Generator()
-    gen.manual_seed(cfg.seed)
-    train_dl = DataLoader(train_ds, batch_size=cfg.micro_batch_size, shuffle=True, drop_last=True, generator=gen)
-    eval_dl = DataLoader(eval_ds, batch_size=cfg.micro_batch_size, shuffle=False, drop_last=True)
-    if len(train_dl) < 1:
-        raise ValueError(
-            f"micro_batch_size {cfg.micro_batch_size} is larger than the {len(train_ds)} training sequences"
-        )
-    # Only the data loaders go through prepare() here: the layout decides what happens to the model. ddp hands
-    # model and optimizer to Accelerate (DDP wrapper); the sharded layouts never let Accelerate see the model,
-    # so it cannot wrap an already-sharded model in DDP (workbench/parallel/).
-    train_dl, eval_dl = acc.prepare(train_dl, eval_dl)
-    test_dl = acc.prepare(DataLoader(ft.dataset(cfg, "test"), batch_size=cfg.micro_batch_size)) if classify else None
-    if len(train_dl) < 1:
-        raise ValueError("each rank gets no full micro-batch: lower micro_batch_size or parallel.num_processes")
-    # The scheduler is not prepared: Accelerate would step it num_processes times per optimizer step (it
-    # counts samples); ours counts optimizer steps. Its state (and the CPU GradScaler's) goes into
-    # trainer_state.json rather than register_for_checkpointing, which Accelerate reloads with
-    # torch.load(weights_only=False) — a pickle that could run code from a planted checkpoint.
-    scaler = torch.amp.GradScaler("cpu") if native_fp16 else None
-    fwd_ctx = torch.autocast("cpu", dtype=torch.float16) if native_fp16 else nullcontext()
-    layout = parallel.setup(cfg, acc, model, lambda m: build_optimizer(cfg, m), scaler=scaler, fwd_ctx=fwd_ctx)
-    if distill is not None:
-        layout.compute_loss = distill
-    model, optimizer, scaler, fwd_ctx = layout.model, layout.optimizer, layout.scaler, layout.fwd_ctx
-    # LambdaLR drives the torch optimizer itself (Accelerate's wrapper delegates its param_groups to it).
-    scheduler = torch.optim.lr_scheduler.LambdaLR(getattr(optimizer, "optimizer", optimizer), lr_lambda(cfg))
-    meter = FirstStepMeter(model, optimizer)  # bytes held and saved for backward, at the first step only
 
-    # What is really in effect, for status.json and the first event: the flags can lie, these cannot.
-    seen_dtype: dict[str, str] = {}
-    first_linear = next((m for m in acc.unwrap_model(model).modules() if isinstance(m, torch.nn.Linear)), None)
-    hook = None
-    if first_linear is not None:
+def resolve_peak(cfg, acc: Any, refresh: bool = False) -> tuple[float | None, dict[str, Any]]:
+    """Peak FLOP/s per device, the denominator of MFU: (peak or None when unknown, facts for status.json).
 
-        def record_dtype(module, inputs, output) -> None:  # returns None: a hook's return value replaces output
-            seen_dtype.setdefault("dtype", str(output.dtype))
+    The one place the worker decides the peak. A data sheet figure on GPUs (None for a GPU not in the table:
+    MFU is then left out, never guessed); on CPU a measured matmul rate (workbench.plan.devices re-validates a
+    cached figure before trusting it), taken by rank 0 alone while the others wait, so the measurement does
+    not share the cores with them, and sent to every rank. ``refresh`` measures anew (see Trainer.check_peak).
+    """
+    from workbench.plan.devices import cpu_peak_flops, gpu_peak_flops
 
-        hook = first_linear.register_forward_hook(record_dtype)
-    effective = {
-        "world_size": world,
-        "backend": torch.distributed.get_backend() if torch.distributed.is_initialized() else None,
-        "distributed_type": str(acc.distributed_type).split(".")[-1],
-        "strategy": cfg.parallel.strategy,
-        "wrapper": layout.wrapper_name(),  # the wrapper really in effect (tests fail on a silent DDP fallback)
-        "checkpoint_format": layout.checkpoint_format,
-        "activation_checkpointing": bool(cfg.activation_checkpointing),
-        "mixed_precision": "fp16 (torch.autocast cpu + GradScaler)" if native_fp16 else acc.mixed_precision,
-        "device": str(acc.device),
-        "threads_per_process": torch.get_num_threads(),
-        "num_params": n_params,
-        "flops_per_token": fpt,
-        "trainable_params": ft.trainable_params(model),
+    dtype = cfg.precision  # fp32 | bf16 | fp16 | fp8: the peak tables use the same names
+    if acc.device.type == "cpu":
+        found = cpu_peak_flops(dtype, refresh=refresh) if acc.is_main_process else None
+        facts = gather_objects(found.to_dict() if found else None)[0]  # rank 0's measurement, on every rank
+    else:
+        name = torch.cuda.get_device_name()
+        found = gpu_peak_flops(name, dtype)
+        facts = found.to_dict() if found else None
+        if facts is None:
+            facts = {"flops": None, "source": f"unknown: {name} is not in the peak table (MFU left out)"}
+    return facts["flops"], {
+        "peak_flops_per_device": facts["flops"],
+        "peak_flops_source": facts["source"],
+        "peak_flops_measured_at": facts.get("measured_at"),
     }
 
-    # Peak FLOP/s per device for MFU: a data sheet on GPUs; a measured matmul rate on CPU (rank 0 measures,
-    # alone, while the others wait, so the measurement is not shared with them).
-    peak_dtype = {"fp32": "fp32", "bf16": "bf16", "fp16": "fp16", "fp8": "fp8"}[cfg.precision]
-    if on_cpu:
-        peak = cpu_peak_flops(peak_dtype) if main else 0.0
-        acc.wait_for_everyone()
-        peak_t = acc.reduce(torch.tensor([peak], dtype=torch.float64, device=acc.device), reduction="sum")
-        peak = float(peak_t.item())
-        peak_source = "measured matmul rate of this CPU"
-    else:
-        peak = gpu_peak_flops(torch.cuda.get_device_name(), peak_dtype) or float("nan")
-        peak_source = f"data sheet ({torch.cuda.get_device_name()})"
-    effective["peak_flops_per_device"] = peak
-    effective["peak_flops_source"] = peak_source
 
-    step = 0
-    ckpt_root = os.path.join(run_dir, "checkpoints")
-    if resume:
-        ckpts = sorted(
-            (int(d.split("_")[1]), d) for d in os.listdir(ckpt_root) if d.startswith("step_") and d[5:].isdigit()
+def gather_objects(obj: Any) -> list[Any]:
+    """Every rank's ``obj`` (a JSON-able dict), on every rank; [obj] for a single process."""
+    if not torch.distributed.is_initialized():
+        return [obj]
+    out: list[Any] = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(out, obj)
+    return out
+
+
+def comm_event(acc: Any, probe: Any) -> dict[str, Any]:
+    """comm_bytes (one entry per rank), comm_bytes_by_op (rank 0), as names.md fixes them."""
+    mine = torch.tensor([float(probe.total)], dtype=torch.float64, device=acc.device)
+    per_rank = acc.gather(mine)
+    return {
+        "comm_bytes": [int(v) for v in per_rank.tolist()],
+        "comm_bytes_by_op": {k: int(v) for k, v in probe.by_op.items()},
+        "comm_bytes_kind": "measured",
+        "comm_bytes_scope": "optimizer step 1 (payload handed to collectives and send/recv; static shapes)",
+    }
+
+
+class DtypeProbe:
+    """Records the output dtype of the model's first Linear at the first forward: the compute dtype really in
+    effect (the precision flag can lie; this cannot)."""
+
+    def __init__(self, model: torch.nn.Module):
+        self.dtype: str | None = None
+        first = next((m for m in model.modules() if isinstance(m, torch.nn.Linear)), None)
+        self.hook = first.register_forward_hook(self.record) if first is not None else None
+
+    def record(self, module, inputs, output) -> None:  # returns None: a hook's return value replaces output
+        if self.dtype is None:
+            self.dtype = str(output.dtype)
+
+    def remove(self) -> None:
+        if self.hook is not None:
+            self.hook.remove()
+
+
+class Trainer:
+    """One rank's run: ``Trainer(cfg, run_dir, resume).run()``. Setup happens in __init__, in RNG order."""
+
+    def __init__(self, cfg, run_dir: str, resume: bool = False):
+        from workbench.config import effective_device
+
+        self.cfg, self.run_dir, self.resume = cfg, run_dir, resume
+        self.t_start = time.time()
+        on_cpu = effective_device(cfg) == "cpu"
+        mixed, self.native_fp16 = precision_setup(cfg, on_cpu)
+        self.acc = build_accelerator(cfg, run_dir, mixed, on_cpu)
+        self.rank, self.world, self.main = self.acc.process_index, self.acc.num_processes, self.acc.is_main_process
+        with open(os.path.join(run_dir, f".rank{self.rank}.pid"), "w") as f:  # Run.kill and the supervisor read it
+            f.write(str(os.getpid()))
+        self.build_model()
+        self.build_data()
+        self.build_layout()
+        self.effective = self.describe()
+        self.peak, peak_facts = resolve_peak(cfg, self.acc)
+        self.peak_remeasured: list[dict[str, Any]] = []  # Trainer.check_peak
+        self.effective.update(peak_facts)
+        self.step = self.restore() if resume else 0
+        self.open_outputs()
+
+    # ---- setup ----
+    def build_model(self) -> None:
+        from accelerate.utils import set_seed
+
+        from workbench import finetune as ft
+        from workbench.models import build_model, flops_per_token
+
+        cfg = self.cfg
+        set_seed(cfg.seed)  # before building the model: every rank starts from the same weights
+        self.model = ft.build(cfg) if ft.active(cfg) else build_model(cfg)  # init_from, classify head, peft
+        teacher = ft.load_teacher(cfg, self.acc.device)  # distill.teacher's frozen model, or None
+        self.distill = ft.distill_step_loss(cfg, teacher) if teacher is not None else None
+        self.classify = cfg.task.kind == "classify"
+        self.n_params = sum(p.numel() for p in self.model.parameters())
+        self.flops_per_token = flops_per_token(self.model)
+
+    def build_data(self) -> None:
+        from torch.utils.data import DataLoader
+
+        from workbench import finetune as ft
+
+        cfg, mb = self.cfg, self.cfg.micro_batch_size
+        train_ds, eval_ds = ft.dataset(cfg, "train"), ft.dataset(cfg, "eval")  # build_dataset for task.kind lm
+        self.n_eval = len(eval_ds)
+        # A dedicated generator: otherwise each new DataLoader iterator draws from the global RNG and shifts
+        # dropout after a resume.
+        gen = torch.Generator()
+        gen.manual_seed(cfg.seed)
+        train_dl = DataLoader(train_ds, batch_size=mb, shuffle=True, drop_last=True, generator=gen)
+        eval_dl = DataLoader(eval_ds, batch_size=mb, shuffle=False, drop_last=True)
+        if len(train_dl) < 1:
+            raise ValueError(f"micro_batch_size {mb} is larger than the {len(train_ds)} training sequences")
+        # Only the data loaders go through prepare() here: the layout decides what happens to the model. ddp
+        # hands model and optimizer to Accelerate (DDP wrapper); the sharded layouts never let Accelerate see
+        # the model, so it cannot wrap an already-sharded model in DDP (workbench/parallel/).
+        self.train_dl, self.eval_dl = self.acc.prepare(train_dl, eval_dl)
+        self.test_dl = self.acc.prepare(DataLoader(ft.dataset(cfg, "test"), batch_size=mb)) if self.classify else None
+        if len(self.train_dl) < 1:
+            raise ValueError("each rank gets no full micro-batch: lower micro_batch_size or parallel.num_processes")
+
+    def build_layout(self) -> None:
+        from workbench import parallel
+        from workbench.measure import FirstStepMeter
+
+        cfg = self.cfg
+        # The scheduler is not prepared: Accelerate would step it num_processes times per optimizer step (it
+        # counts samples); ours counts optimizer steps. Its state (and the CPU GradScaler's) goes into
+        # trainer_state.json (workbench.checkpoints).
+        scaler = torch.amp.GradScaler("cpu") if self.native_fp16 else None
+        fwd_ctx = torch.autocast("cpu", dtype=torch.float16) if self.native_fp16 else nullcontext()
+        layout = parallel.setup(
+            cfg, self.acc, self.model, lambda m: build_optimizer(cfg, m), scaler=scaler, fwd_ctx=fwd_ctx
         )
-        last = os.path.join(ckpt_root, ckpts[-1][1])
-        acc.load_state(last)  # model, optimizer and each rank's RNG; Accelerate loads with weights_only=True
-        layout.load(last)  # the sharded layouts' model and optimizer (DCP / ZeRO / parameter server files)
-        with open(os.path.join(last, "trainer_state.json")) as f:
-            trainer_state = json.load(f)
-        step = trainer_state["step"]
-        scheduler.load_state_dict(trainer_state["scheduler"])
-        if scaler is not None and trainer_state.get("scaler"):
-            scaler.load_state_dict(trainer_state["scaler"])
+        if self.distill is not None:
+            layout.compute_loss = self.distill
+        self.layout = layout
+        self.model, self.optimizer, self.scaler, self.fwd_ctx = (
+            layout.model,
+            layout.optimizer,
+            layout.scaler,
+            layout.fwd_ctx,
+        )
+        self.amp_scaler = (
+            self.scaler if self.scaler is not None else getattr(self.acc, "scaler", None)
+        )  # CPU's or CUDA's
+        # LambdaLR drives the torch optimizer itself (Accelerate's wrapper delegates its param_groups to it).
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            getattr(self.optimizer, "optimizer", self.optimizer), lr_lambda(cfg)
+        )
+        self.meter = FirstStepMeter(self.model, self.optimizer)  # bytes held and saved for backward, first step only
+        self.dtype_probe = DtypeProbe(self.acc.unwrap_model(self.model))
 
-    metrics = None
-    if main:
-        mpath = os.path.join(run_dir, "metrics.jsonl")
-        if resume and os.path.exists(mpath):  # drop events past the checkpoint: no duplicate steps
-            with open(mpath) as f:
-                keep = [ln for ln in f if ln.strip() and json.loads(ln).get("step", 0) <= step]
-            with open(mpath, "w") as f:
-                f.writelines(keep)
-        metrics = MetricsWriter(mpath)
-    # purge_step: TensorBoard hides events past the checkpoint that the interrupted run wrote.
-    acc.init_trackers("tensorboard", init_kwargs={"tensorboard": {"purge_step": step + 1} if resume else {}})
-    if main and not resume:
-        # HParams through the run's OWN writer, so TensorBoard links this run's scalars to its config
-        # (init_trackers(config=...) makes a separate sub-run and crashes on list values: FACTS.md).
-        from workbench.sweep import write_hparams
+    def describe(self) -> dict[str, Any]:
+        """What is really in effect, for status.json and the first event: the flags can lie, these cannot."""
+        from workbench import finetune as ft
 
-        write_hparams(acc.get_tracker("tensorboard", unwrap=True), cfg)
+        acc, cfg = self.acc, self.cfg
+        return {
+            "world_size": self.world,
+            "backend": torch.distributed.get_backend() if torch.distributed.is_initialized() else None,
+            "distributed_type": str(acc.distributed_type).split(".")[-1],
+            "strategy": cfg.parallel.strategy,
+            "wrapper": self.layout.wrapper_name(),  # the wrapper really in effect (tests fail on a silent DDP fallback)
+            "checkpoint_format": self.layout.checkpoint_format,
+            "activation_checkpointing": bool(cfg.activation_checkpointing),
+            "mixed_precision": "fp16 (torch.autocast cpu + GradScaler)" if self.native_fp16 else acc.mixed_precision,
+            "device": str(acc.device),
+            "threads_per_process": torch.get_num_threads(),
+            "num_params": self.n_params,
+            "flops_per_token": self.flops_per_token,
+            "trainable_params": ft.trainable_params(self.model),
+        }
 
-    floor = entropy_floor(cfg) if not classify else None  # the LM's floor; a classifier has bayes_accuracy
-    tokens_per_step = cfg.tokens_per_step
-    samples_per_step = cfg.global_batch_size
+    def restore(self) -> int:
+        """Load the run's last checkpoint (asked for by --resume); returns its optimizer step."""
+        last = checkpoints.latest(self.run_dir)
+        if last is None:
+            raise FileNotFoundError(f"--resume: {self.run_dir!r} holds no checkpoints/step_N folder")
+        state = checkpoints.load(self.acc, self.layout, last)
+        self.scheduler.load_state_dict(state["scheduler"])
+        if self.scaler is not None and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        return state["step"]
 
-    def micro_batches(start_micro: int):
-        epoch, skip = divmod(start_micro, len(train_dl))
+    def open_outputs(self) -> None:
+        from workbench.data import entropy_floor
+
+        self.metrics = None
+        if self.main:
+            path = os.path.join(self.run_dir, "metrics.jsonl")
+            if self.resume:
+                drop_events_after(path, self.step)  # no duplicate steps in one metrics file
+            self.metrics = MetricsWriter(path)
+        # purge_step: TensorBoard hides events past the checkpoint that the interrupted run wrote.
+        kwargs = {"purge_step": self.step + 1} if self.resume else {}
+        self.acc.init_trackers("tensorboard", init_kwargs={"tensorboard": kwargs})
+        if self.main and not self.resume:
+            write_hparams(self.acc.get_tracker("tensorboard", unwrap=True), self.cfg)  # through the run's own writer
+        self.floor = entropy_floor(self.cfg) if not self.classify else None  # a classifier has bayes_accuracy
+
+    # ---- the loop ----
+    def run(self) -> str:
+        """Train to max_steps (or until asked to stop); save the last checkpoint; returns finished | stopped."""
+        from workbench import parallel
+
+        cfg, dev = self.cfg, self.acc.device
+        self.clip = cfg.optimizer.grad_clip if cfg.optimizer.grad_clip > 0 else float("inf")
+        self.loss_sum = torch.zeros((), device=dev, dtype=torch.float32)
+        self.loss_n = torch.zeros((), device=dev, dtype=torch.float32)  # micro-steps that computed a loss
+        self.gn_sum = torch.zeros((), device=dev, dtype=torch.float32)
+        self.n_steps, self.first_event = 0, True
+        batches = self.micro_batches(self.step * cfg.grad_accum_steps)
+        self.model.train()
+        self.t_interval = time.perf_counter()
+        end_state = "finished"
+        # Bytes moved, measured over this process's first optimizer step (the same every step: static shapes).
+        self.comm_probe, self.probing, self.comm = parallel.CommProbe().__enter__(), True, None
+        while self.step < cfg.max_steps:
+            self.train_step(batches)
+            if not self.is_log_step():
+                continue
+            stop = self.log_step()
+            last = self.step == cfg.max_steps
+            if stop and not last:
+                end_state = "stopped"
+                break
+            if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0 and not last:
+                self.save()
+            self.t_interval = time.perf_counter()  # eval and checkpoint time stay out of tokens/s
+        return self.finish(end_state)
+
+    def micro_batches(self, start_micro: int):
+        """Micro-batches from the start_micro-th on, epoch after epoch (the seedable sampler's order)."""
+        epoch, skip = divmod(start_micro, len(self.train_dl))
         while True:
-            train_dl.set_epoch(epoch)
-            dl = acc.skip_first_batches(train_dl, skip) if skip else train_dl
-            yield from dl
+            self.train_dl.set_epoch(epoch)
+            yield from self.acc.skip_first_batches(self.train_dl, skip) if skip else self.train_dl
             epoch, skip = epoch + 1, 0
 
-    def evaluate() -> float:
-        model.eval()
-        total = torch.zeros(2, device=acc.device, dtype=torch.float64)
-        with torch.no_grad(), fwd_ctx:
-            for i, (x, y) in enumerate(eval_dl):
-                if i >= cfg.eval_batches:
-                    break
-                loss_part, count = layout.eval_loss(x, y)  # (0, 0) on pipeline stages without the head
-                total[0] += loss_part
-                total[1] += count
-        model.train()
-        total = acc.reduce(total, reduction="sum")
-        return float(total[0] / total[1].clamp(min=1))
+    def forward_backward(self, batches) -> None:
+        """grad_accum_steps micro-batches forward and backward; the gradient sync happens on the last one."""
+        accum = self.cfg.grad_accum_steps
+        for i in range(accum):
+            x, y = next(batches)
+            loss_part, count = self.layout.micro_step(x, y, i == accum - 1)  # this rank's part of the layout
+            self.loss_sum += loss_part
+            self.loss_n += count
 
-    def save(tag_step: int) -> str:
-        path = os.path.join(ckpt_root, f"step_{tag_step}")
-        acc.save_state(path)
-        layout.save(path)  # what save_state cannot see: sharded model/optimizer state (see the layout)
-        if main:
-            state = {"step": tag_step, "tokens": tag_step * tokens_per_step, "scheduler": scheduler.state_dict()}
-            if scaler is not None:
-                state["scaler"] = scaler.state_dict()
-            _write_json(os.path.join(path, "trainer_state.json"), state)
-        acc.wait_for_everyone()
-        return path
+    def train_step(self, batches) -> None:
+        """One optimizer step. The hot path: no host sync, no file I/O."""
+        self.forward_backward(batches)
+        grad_norm = self.layout.step(self.clip)  # global norm, clip, update (skipped by fp16's scaler on overflow)
+        self.scheduler.step()
+        if self.probing:
+            self.comm_probe.__exit__(None, None, None)
+            self.probing = False
+        self.step += 1
+        self.n_steps += 1
+        self.gn_sum += grad_norm
 
-    stop_file = os.path.join(run_dir, "STOP")
-    clip = cfg.optimizer.grad_clip if cfg.optimizer.grad_clip > 0 else float("inf")
-    loss_sum = torch.zeros((), device=acc.device, dtype=torch.float32)
-    loss_n = torch.zeros((), device=acc.device, dtype=torch.float32)  # micro-steps that computed a loss
-    gn_sum = torch.zeros((), device=acc.device, dtype=torch.float32)
-    n_micro, n_steps, first_event = 0, 0, True
-    batches = micro_batches(step * cfg.grad_accum_steps)
-    model.train()
-    t_interval = time.perf_counter()
-    end_state = "finished"
-    # Bytes moved, measured over this process's first optimizer step (the same every step: static shapes).
-    comm_probe = parallel.CommProbe().__enter__()
-    probing = True
-    comm_event: dict[str, Any] | None = None
+    def eval_due(self) -> bool:
+        every, last = self.cfg.eval_every, self.step == self.cfg.max_steps
+        return every > 0 and (self.step % every == 0 or last)
 
-    while step < cfg.max_steps:
-        x, y = next(batches)
-        n_micro += 1
-        last_micro = n_micro % cfg.grad_accum_steps == 0
-        # forward + backward on this rank's part of the layout; the gradient sync happens on the last micro-step
-        loss_part, count = layout.micro_step(x, y, last_micro)
-        loss_sum += loss_part
-        loss_n += count
-        if not last_micro:
-            continue
-        grad_norm = layout.step(clip)  # global norm, clip, update (skipped by fp16's scaler on overflow), zero
-        scheduler.step()
-        if probing:
-            comm_probe.__exit__(None, None, None)
-            probing = False
-        step += 1
-        n_steps += 1
-        gn_sum += grad_norm
+    def is_log_step(self) -> bool:
+        return self.step % self.cfg.log_every == 0 or self.eval_due() or self.step == self.cfg.max_steps
 
-        last = step == cfg.max_steps
-        eval_due = cfg.eval_every > 0 and (step % cfg.eval_every == 0 or last)
-        if not (step % cfg.log_every == 0 or eval_due or last):
-            continue
+    # ---- the log step: the only place the host waits for the device ----
+    def log_step(self) -> bool:
+        """Build, write and check this interval's metric event; returns whether the ranks agreed to stop."""
+        event, stop = self.interval_event(time.perf_counter() - self.t_interval)
+        last = self.step == self.cfg.max_steps
+        if self.eval_due():
+            event.update(self.eval_metrics(last))
+        if self.first_event:
+            self.add_first_event(event)
+        self.publish(event, last)
+        self.check_health(event["loss"])
+        self.loss_sum.zero_()
+        self.loss_n.zero_()
+        self.gn_sum.zero_()
+        self.n_steps = 0
+        return stop
 
-        # ---- log step: the only place the host waits for the device ----
-        dt = time.perf_counter() - t_interval
-        stop_asked = 1.0 if (main and os.path.exists(stop_file)) else 0.0
-        stats = torch.stack([loss_sum, loss_n, gn_sum, torch.tensor(stop_asked, device=acc.device)])
-        stats = acc.reduce(stats, reduction="sum")
+    def interval_event(self, dt: float) -> tuple[dict[str, Any], bool]:
+        """The metric event of the steps since the last log step, and whether any rank was asked to stop."""
+        acc, cfg, n = self.acc, self.cfg, self.n_steps
+        stop_asked = 1.0 if (self.main and os.path.exists(os.path.join(self.run_dir, "STOP"))) else 0.0
+        tps = n * cfg.tokens_per_step / dt
+        above = float(self.peak is not None and self.flops_per_token * tps / self.world > self.peak)
+        flags = torch.tensor([stop_asked, above], device=acc.device)
+        stats = acc.reduce(torch.cat([torch.stack([self.loss_sum, self.loss_n, self.gn_sum]), flags]), reduction="sum")
+        if float(stats[4]) > 0:  # every rank sees the same sum, so every rank joins the re-measurement
+            self.check_peak()
         mem = acc.gather(torch.tensor([peak_memory_bytes(acc.device.type)], dtype=torch.float64, device=acc.device))
-        loss_v = float(stats[0] / stats[1])
-        gn_v = float(stats[2]) / (world * n_steps)
-        stop = float(stats[3]) > 0
-        tps = n_steps * tokens_per_step / dt
         event: dict[str, Any] = {
-            "step": step,
-            "tokens": step * tokens_per_step,
-            "loss": loss_v,
-            "lr": scheduler.get_last_lr()[0],
-            "grad_norm": gn_v,
+            "step": self.step,
+            "tokens": self.step * cfg.tokens_per_step,
+            "loss": float(stats[0] / stats[1]),
+            "lr": self.scheduler.get_last_lr()[0],
+            "grad_norm": float(stats[2]) / (self.world * n),
             "tokens_per_s": tps,
-            "samples_per_s": n_steps * samples_per_step / dt,
-            "step_time_s": dt / n_steps,
-            "mfu": fpt * tps / (peak * world) if peak == peak and peak > 0 else None,
+            "samples_per_s": n * cfg.global_batch_size / dt,
+            "step_time_s": dt / n,
+            "mfu": mfu(self.flops_per_token, tps, self.peak, self.world),
             "mem_bytes": [int(v) for v in mem.tolist()],
             "time": time.time(),
+            "elapsed_s": time.time() - self.t_start,
         }
-        if comm_probe is not None:  # the first log step after the probe: every rank's bytes, once
-            comm_event = _comm_event(acc, comm_probe)
-            comm_probe = None
-        event.update(comm_event or {})
-        event.update(layout.extra_metrics())  # e.g. the pipeline's bubble and measured idle time per stage
-        amp_scaler = scaler if scaler is not None else getattr(acc, "scaler", None)  # CPU's own, or CUDA fp16's
-        if amp_scaler is not None:
-            event["loss_scale"] = float(amp_scaler.get_scale())
-        if floor is not None:
-            event["entropy_floor"] = floor
-        if eval_due:
-            if classify:  # eval_loss, eval_accuracy, eval_f1; and test_* on the whole test split at the end
-                event.update(ft.eval_event(acc, model, eval_dl, cfg, fwd_ctx, "eval", cfg.eval_batches))
-                if last:
-                    event.update(ft.eval_event(acc, model, test_dl, cfg, fwd_ctx, "test"))
-            else:
-                event["eval_loss"] = evaluate()
-        if first_event:
-            event.update(ft.first_event(cfg, effective))  # trainable_params; chance and Bayes accuracy
-            effective["compute_dtype"] = seen_dtype.get("dtype")
-            effective["layout"] = _gather_objects(layout.facts())  # per rank: param types, local shapes, ...
-            event["effective"] = effective
-            if hook is not None:
-                hook.remove()
-            event["measured"] = meter.gather(acc)  # per rank; a log step syncs the ranks anyway
-            event["planned"] = planned(cfg, acc.device) if main else None
-            if main:
-                write_status(run_dir, effective=effective, entropy_floor=floor, global_batch_size=samples_per_step,
-                             tokens_per_step=tokens_per_step, measured=event["measured"], planned=event["planned"])  # fmt: skip
-            first_event = False
-        if main:
-            metrics.write(event)
-            acc.log(tensorboard_scalars(event), step=step)
-            if step % cfg.log_every == 0 or last:
-                write_status(run_dir, step=step, max_steps=cfg.max_steps)
-        if not math.isfinite(loss_v):
+        if self.comm is None:  # the first log step after the probe: every rank's bytes, once
+            self.comm = comm_event(acc, self.comm_probe)
+        event.update(self.comm)
+        event.update(self.layout.extra_metrics())  # e.g. the pipeline's bubble and measured idle time per stage
+        if self.amp_scaler is not None:
+            event["loss_scale"] = float(self.amp_scaler.get_scale())
+        if self.floor is not None:
+            event["entropy_floor"] = self.floor
+        return event, float(stats[3]) > 0
+
+    def check_peak(self) -> None:
+        """The model ran faster than the peak says a device can: the peak is wrong (measured while other jobs
+        held the cores, say). Measure it again now, record that it happened, and trust only the new figure; a
+        model FLOP/s above even that leaves MFU out (telemetry.mfu) rather than report more than 100%."""
+        old = self.peak
+        if self.acc.device.type == "cpu":
+            self.peak, facts = resolve_peak(self.cfg, self.acc, refresh=True)
+            self.effective.update(facts)
+        self.peak_remeasured.append({"step": self.step, "old": old, "new": self.peak})
+        if self.main:
+            write_status(self.run_dir, peak_remeasured=self.peak_remeasured, effective=self.effective)
+
+    def eval_metrics(self, last: bool) -> dict[str, Any]:
+        from workbench import finetune as ft
+
+        cfg, acc = self.cfg, self.acc
+        if self.classify:  # eval_loss, eval_accuracy, eval_f1; and test_* on the whole test split at the end
+            out = ft.eval_event(acc, self.model, self.eval_dl, cfg, self.fwd_ctx, "eval", cfg.eval_batches)
+            if last:
+                out.update(ft.eval_event(acc, self.model, self.test_dl, cfg, self.fwd_ctx, "test"))
+            return out
+        loss = self.evaluate()
+        if loss is None:
+            if self.main:
+                write_status(self.run_dir, eval_skipped=(
+                    f"no evaluation sample: the eval split's {self.n_eval} sequences hold no full micro-batch of "
+                    f"micro_batch_size {cfg.micro_batch_size} per rank; eval_loss is left out of the events"))  # fmt: skip
+            return {}
+        return {"eval_loss": loss}
+
+    def evaluate(self) -> float | None:
+        """Mean loss over up to eval_batches eval micro-batches per rank; None when no sample was evaluated
+        (a mean over nothing is not a loss: never report 0 for it)."""
+        self.model.eval()
+        total = torch.zeros(2, device=self.acc.device, dtype=torch.float64)
+        with torch.no_grad(), self.fwd_ctx:
+            for i, (x, y) in enumerate(self.eval_dl):
+                if i >= self.cfg.eval_batches:
+                    break
+                loss_part, count = self.layout.eval_loss(x, y)  # (0, 0) on pipeline stages without the head
+                total[0] += loss_part
+                total[1] += count
+        self.model.train()
+        total = self.acc.reduce(total, reduction="sum")
+        if float(total[1]) == 0:
+            return None
+        return float(total[0] / total[1])
+
+    def add_first_event(self, event: dict[str, Any]) -> None:
+        """What is in effect, and memory measured vs planned: in the first event and in status.json."""
+        from workbench import finetune as ft
+        from workbench.measure import planned
+
+        eff = self.effective
+        event.update(ft.first_event(self.cfg, eff))  # trainable_params; chance and Bayes accuracy
+        eff["compute_dtype"] = self.dtype_probe.dtype
+        eff["layout"] = gather_objects(self.layout.facts())  # per rank: param types, local shapes, ...
+        event["effective"] = eff
+        self.dtype_probe.remove()
+        event["measured"] = self.meter.gather(self.acc)  # per rank; a log step syncs the ranks anyway
+        event["planned"] = planned(self.cfg, self.acc.device) if self.main else None
+        if self.main:
+            write_status(self.run_dir, effective=eff, entropy_floor=self.floor,
+                         global_batch_size=self.cfg.global_batch_size, tokens_per_step=self.cfg.tokens_per_step,
+                         measured=event["measured"], planned=event["planned"])  # fmt: skip
+        self.first_event = False
+
+    def publish(self, event: dict[str, Any], last: bool) -> None:
+        if not self.main:
+            return
+        self.metrics.write(event)
+        self.acc.log(tensorboard_scalars(event), step=self.step)
+        if self.step % self.cfg.log_every == 0 or last:
+            write_status(self.run_dir, step=self.step, max_steps=self.cfg.max_steps)
+
+    def check_health(self, loss: float) -> None:
+        cfg = self.cfg
+        if not math.isfinite(loss):
             raise TrainingDiverged(
-                f"the training loss became {loss_v} at step {step} (precision {cfg.precision}, "
+                f"the training loss became {loss} at step {self.step} (precision {cfg.precision}, "
                 f"optimizer.lr {cfg.optimizer.lr}); lower optimizer.lr, keep optimizer.grad_clip on, or use bf16/fp32"
             )
-        if amp_scaler is not None and amp_scaler.get_scale() < 2.0**-10:
+        if self.amp_scaler is not None and self.amp_scaler.get_scale() < 2.0**-10:
             raise TrainingDiverged(
-                f"fp16 loss scale collapsed to {amp_scaler.get_scale():.3g} at step {step}: gradients overflow at "
-                "every step; lower optimizer.lr or use bf16"
+                f"fp16 loss scale collapsed to {self.amp_scaler.get_scale():.3g} at step {self.step}: gradients "
+                "overflow at every step; lower optimizer.lr or use bf16"
             )
-        loss_sum.zero_()
-        loss_n.zero_()
-        gn_sum.zero_()
-        n_micro, n_steps = 0, 0
-        if stop and not last:
-            end_state = "stopped"
-            break
-        if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and not last:
-            save(step)
-        t_interval = time.perf_counter()  # eval and checkpoint time stay out of tokens/s
 
-    ckpt = save(step)
-    # Each rank's fingerprint of the final weights: data parallel ranks must hold identical parameters. The
-    # sharded layouts gather the whole model first (params_scope says so), so every rank of every layout
-    # fingerprints the same thing and digests compare across ranks.
-    _write_json(os.path.join(run_dir, f"final_rank{rank}.json"), {"rank": rank, "step": step, **layout.digest()})
-    if main:
-        write_status(run_dir, state=end_state, step=step, checkpoint=ckpt, error=None)
-        metrics.close()
-    acc.wait_for_everyone()
-    acc.end_training()
-    return end_state
+    # ---- checkpoints and the end ----
+    def save(self) -> str:
+        state = {
+            "step": self.step,
+            "tokens": self.step * self.cfg.tokens_per_step,
+            "scheduler": self.scheduler.state_dict(),
+        }
+        if self.scaler is not None:
+            state["scaler"] = self.scaler.state_dict()
+        return checkpoints.save(self.acc, self.layout, self.run_dir, state)
+
+    def finish(self, end_state: str) -> str:
+        ckpt = self.save()
+        # Each rank's fingerprint of the final weights: data parallel ranks must hold identical parameters. The
+        # sharded layouts gather the whole model first (params_scope says so), so every rank of every layout
+        # fingerprints the same thing and digests compare across ranks.
+        digest = {"rank": self.rank, "step": self.step, **self.layout.digest()}
+        write_json_atomic(os.path.join(self.run_dir, f"final_rank{self.rank}.json"), digest)
+        if self.main:
+            write_status(self.run_dir, state=end_state, step=self.step, checkpoint=ckpt, error=None)
+            self.metrics.close()
+        self.acc.wait_for_everyone()
+        self.acc.end_training()
+        return end_state
 
 
-@record
-def main(config_path: str) -> None:
+def train(cfg, run_dir: str, resume: bool = False) -> str:
+    """Train ``cfg`` in ``run_dir`` (continuing from its last checkpoint if resume); returns the end state."""
+    return Trainer(cfg, run_dir, resume=resume).run()
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m workbench.worker", description="one rank of a workbench run")
+    p.add_argument("config", help="RUN_DIR/config.yaml; the run folder is its directory")
+    p.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
+    return p.parse_args(argv)
+
+
+@record  # an exception is written to TORCHELASTIC_ERROR_FILE as JSON: the supervisor names the failing rank
+def main(argv: list[str] | None = None) -> None:
     from workbench.config import RunConfig
 
-    run_dir = os.path.dirname(os.path.abspath(config_path))
-    cfg = RunConfig.from_yaml(config_path)
-    try:
-        train(cfg, run_dir)
-    except BaseException:
-        rank = os.environ.get("RANK", "0")
-        with open(os.path.join(run_dir, f"error_rank{rank}.txt"), "w") as f:
-            f.write(traceback.format_exc())
-        raise
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    run_dir = os.path.dirname(os.path.abspath(args.config))
+    train(RunConfig.from_yaml(args.config), run_dir, resume=args.resume)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main()
     # Leave without running interpreter teardown: ~13% of runs that returned normally died here with
     # "terminate called without an active exception" (SIGABRT) and the launcher reported a failure.
     sys.stdout.flush()

@@ -45,18 +45,6 @@ from workbench.config.schema import (
 )
 from workbench.config.strategies import STRATEGY_SPECS, StrategySpec, strategies_using, strategies_with
 
-# Transitional: former names that modules owned elsewhere still read (notebook.py _NAME_RE, plan.py _DETECTED,
-# the panel and tests IMPLEMENTED_STRATEGIES, which equalled STRATEGIES). Delete once they use NAME_RE,
-# cached_devices() and STRATEGIES.
-_FORMER = {"_NAME_RE": lambda: NAME_RE, "_DETECTED": cached_devices, "IMPLEMENTED_STRATEGIES": lambda: STRATEGIES}
-
-
-def __getattr__(name: str):
-    if name in _FORMER:
-        return _FORMER[name]()
-    raise AttributeError(f"module 'workbench.config' has no attribute {name!r}")
-
-
 __all__ = [
     "ARCHS",
     "DATA_SOURCES",

@@ -23,16 +23,9 @@ if TYPE_CHECKING:
 
 def model_checkpoint(run_dir: str) -> str | None:
     """The latest checkpoints/step_N folder of a run that holds model weights, or None."""
-    root = os.path.join(run_dir, "checkpoints")
-    try:
-        steps = sorted((int(d[5:]), d) for d in os.listdir(root) if d.startswith("step_") and d[5:].isdigit())
-    except OSError:
-        return None
-    for _, d in reversed(steps):
-        path = os.path.join(root, d)
-        if any(os.path.isfile(os.path.join(path, f)) for f in ("model.safetensors", "pytorch_model.bin")):
-            return path
-    return None
+    from workbench import checkpoints  # the one home of the checkpoints/step_N layout
+
+    return checkpoints.latest(run_dir, with_model_weights=True)
 
 
 def vocab_of(cfg: RunConfig) -> int | None:

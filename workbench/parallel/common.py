@@ -259,7 +259,7 @@ def dcp_load(path: str, state: dict[str, Any]) -> None:
 
 
 class DCPCheckpoint:
-    """save/load/full_state_dict for layouts whose model is made of DTensors (FSDP2, tensor parallel).
+    """save/load/full_state_dict for layouts whose model is made of DTensors (FSDP2, tensor parallel, pipeline).
 
     torch.distributed.checkpoint writes each rank's shards and reloads them into the same layout;
     ``get_state_dict`` gives the model and optimizer state in the sharded form DCP expects.
@@ -268,24 +268,41 @@ class DCPCheckpoint:
     model: nn.Module
     optimizer: Any
 
-    def _state(self) -> dict[str, Any]:
+    def optimizer_key(self) -> str:
+        """The namespace of this rank's optimizer state in the checkpoint (a pipeline stage needs its own)."""
+        return "optimizer"
+
+    def dcp_state(self) -> dict[str, Any]:
         from torch.distributed.checkpoint.state_dict import get_state_dict
 
         model_sd, optim_sd = get_state_dict(self.model, self.optimizer)
-        return {"model": model_sd, "optimizer": optim_sd}
+        return {"model": model_sd, self.optimizer_key(): optim_sd}
 
     def save(self, path: str) -> None:
-        dcp_save(path, self._state())
+        dcp_save(path, self.dcp_state())
 
     def load(self, path: str) -> None:
         from torch.distributed.checkpoint.state_dict import set_state_dict
 
-        state = self._state()
+        state = self.dcp_state()
         dcp_load(path, state)
-        set_state_dict(self.model, self.optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
+        optim_sd = state[self.optimizer_key()]
+        set_state_dict(self.model, self.optimizer, model_state_dict=state["model"], optim_state_dict=optim_sd)
 
     def full_state_dict(self):
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
         # Gathers every shard on every rank: the same names and values DDP's state_dict() would give.
         return get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True))
+
+
+class DTensorLayout(DCPCheckpoint, Layout):
+    """A layout whose parameters are DTensors (FSDP2, tensor parallel, both): the global grad norm over every
+    shard, clipping, the update; DCP checkpoints."""
+
+    def _step(self, max_norm: float) -> torch.Tensor:
+        params = list(self.model.parameters())
+        norm = global_grad_norm(params)
+        clip_(params, max_norm, norm)
+        self.optimizer.step()
+        return norm

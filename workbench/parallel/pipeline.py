@@ -31,7 +31,7 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
-from workbench.parallel.common import Layout, clip_, cross_entropy, dcp_load, dcp_save, nbytes
+from workbench.parallel.common import DCPCheckpoint, Layout, clip_, cross_entropy, nbytes
 from workbench.plan.compute import bubble_fraction  # (p - 1) / (m + p - 1): one home, shared with the plan
 
 
@@ -129,7 +129,7 @@ def _timed_stage_class():
     return TimedStage
 
 
-class PipelineLayout(Layout):
+class PipelineLayout(DCPCheckpoint, Layout):
     strategy = "pp"
     checkpoint_format = "torch.distributed.checkpoint (each stage writes its own blocks)"
 
@@ -253,26 +253,12 @@ class PipelineLayout(Layout):
             "idle_s": [round(float(t[1]), 4) for t in out],
         }
 
-    # ---- checkpoints ----
-    def _state(self) -> dict[str, Any]:
-        from torch.distributed.checkpoint.state_dict import get_state_dict
-
-        model_sd, optim_sd = get_state_dict(self.model, self.optimizer)
+    # ---- checkpoints (DCPCheckpoint) ----
+    def optimizer_key(self) -> str:
         # Parameter names differ between stages, so they can share the "model" namespace. The optimizer's
         # param_groups do not (group 0 exists on every stage, listing different names): DCP would keep one
         # stage's copy for all, so each stage gets its own namespace.
-        return {"model": model_sd, f"optimizer_stage{self.index}": optim_sd}
-
-    def save(self, path: str) -> None:
-        dcp_save(path, self._state())
-
-    def load(self, path: str) -> None:
-        from torch.distributed.checkpoint.state_dict import set_state_dict
-
-        state = self._state()
-        dcp_load(path, state)
-        optim_sd = state[f"optimizer_stage{self.index}"]
-        set_state_dict(self.model, self.optimizer, model_state_dict=state["model"], optim_state_dict=optim_sd)
+        return f"optimizer_stage{self.index}"
 
     def full_state_dict(self):
         """The whole model, assembled from every stage's part (each rank receives all of it)."""

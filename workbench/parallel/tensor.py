@@ -29,13 +29,7 @@ import torch
 import torch.nn as nn
 
 from workbench.models.shapes import TENSOR_PARALLEL_PLAN
-from workbench.parallel.common import (
-    DCPCheckpoint,
-    Layout,
-    clip_,
-    global_grad_norm,
-    loss_of,
-)
+from workbench.parallel.common import DTensorLayout, loss_of
 
 # The reference GPT's block split (module path -> "colwise" | "rowwise"); its home is models/shapes.py, which
 # the planner reads too.
@@ -48,7 +42,7 @@ def tp_plan() -> dict[str, Any]:
     return {k: ColwiseParallel() if v == "colwise" else RowwiseParallel() for k, v in TP_PLAN_NAMES.items()}
 
 
-class TensorParallelLayout(DCPCheckpoint, Layout):
+class TensorParallelLayout(DTensorLayout):
     checkpoint_format = "torch.distributed.checkpoint (sharded, one file per rank)"
 
     def __init__(self, cfg: Any, acc: Any, model: nn.Module, make_optimizer: Any, **kw: Any) -> None:
@@ -95,13 +89,6 @@ class TensorParallelLayout(DCPCheckpoint, Layout):
     def eval_loss(self, x, y):
         x, y = self.pool(x, y)
         return super().eval_loss(x, y)
-
-    def _step(self, max_norm):
-        params = list(self.model.parameters())
-        norm = global_grad_norm(params)
-        clip_(params, max_norm, norm)
-        self.optimizer.step()
-        return norm
 
     def wrapper_name(self) -> str:
         base = type(self.model).__name__

@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from workbench.fileio import format_bytes as fmt_bytes  # one byte format for CLI, plan and panel
+
 MEMORY_FIELDS = (
     "param_bytes",
     "grad_bytes",
@@ -135,18 +137,6 @@ class Plan:
 
     def __repr__(self) -> str:
         return self.table()
-
-
-def fmt_bytes(n: float | None) -> str:
-    if n is None:
-        return "-"
-    neg, n = n < 0, abs(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
-        if n < 1024 or unit == "PiB":
-            s = f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-            return "-" + s if neg else s
-        n /= 1024
-    return str(n)
 
 
 def group_ranks(ranks: list[RankMemory]) -> list[tuple[str, RankMemory]]:
