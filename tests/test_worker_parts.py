@@ -108,3 +108,18 @@ def test_tensorboard_gets_no_float32_wall_clock():
     # float32 keeps 24 bits: time.time() ~1.7e9 s would be off by up to 128 s in TensorBoard
     scalars = tensorboard_scalars({"step": 5, "time": 1.7e9 + 0.123, "elapsed_s": 12.5, "loss": 2.0})
     assert "time" not in scalars and scalars["elapsed_s"] == 12.5 and scalars["loss"] == 2.0
+
+
+def test_mfu_is_never_above_one():
+    # a model cannot outrun its devices: above 1 the peak is wrong, and the figure is left out (the worker
+    # then measures the peak again), never reported as 130%
+    assert mfu(1e9, 1000.0, 1e12, 1) == pytest.approx(1.0)
+    assert mfu(1e9, 1300.0, 1e12, 1) is None
+
+
+def test_readme_documents_every_status_key():
+    from workbench.status import STATUS_KEYS
+
+    readme = open(os.path.join(os.path.dirname(os.path.dirname(__file__)), "README.md")).read()
+    missing = [k for k in STATUS_KEYS if f"`{k}`" not in readme]
+    assert not missing, f"README's status.json keys lack {missing}"

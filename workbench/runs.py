@@ -7,7 +7,6 @@ A run folder ``runs/<name>/`` holds:
     tensorboard/       TensorBoard event files (one TensorBoard run per job)
     checkpoints/       accelerator.save_state folders, step_<N>/
     stdout.log, stderr.log   what the launcher and workers printed
-    error_rank<r>.txt  the traceback of a worker that raised
     STOP               written by Run.stop(); rank 0 sees it and the ranks agree to stop
     .rank<r>.pid       each worker's PID (Run.kill and the supervisor end leftover workers with them)
     elastic/           torchelastic's per-rank error.json files (see workbench.launch.explain_failure)

@@ -33,6 +33,10 @@ tokens_per_step        worker (rank 0)      tokens per optimizer step over all r
 measured, planned      worker (rank 0)      memory measured at the first step per rank, and the plan's figures
 step, max_steps        worker (rank 0)      the last logged optimizer step, and the run's target
 checkpoint             worker (rank 0)      the folder of the final checkpoint
+launch_dir             launch               the folder the run was launched from: on the workers' path, and
+                                            where export and fine-tuning import your own modules from
+peak_remeasured        worker (rank 0)      [{step, old, new}]: MFU's peak measured again because the model
+                                            ran faster than it (the first figure was taken under load)
 eval_skipped           worker (rank 0)      why eval_loss is absent from the events (e.g. an evaluation over
                                             zero samples); absent when every evaluation ran
 updated                write_status         wall-clock time of the last write (set automatically)
