@@ -32,18 +32,9 @@ import torch.distributed as dist
 import torch.nn as nn
 
 from workbench.parallel.common import DCPCheckpoint, Layout, clip_, cross_entropy, nbytes
-from workbench.plan.compute import bubble_fraction  # (p - 1) / (m + p - 1): one home, shared with the plan
 
-
-def stage_layers(n_layer: int, num_stages: int) -> list[range]:
-    """Consecutive blocks per stage; any remainder goes to the first stages (the last one carries the head)."""
-    base, extra = divmod(n_layer, num_stages)
-    out, start = [], 0
-    for s in range(num_stages):
-        n = base + (1 if s < extra else 0)
-        out.append(range(start, start + n))
-        start += n
-    return out
+# (p - 1) / (m + p - 1) and the blocks of each stage: one home each, shared with the plan
+from workbench.plan.compute import bubble_fraction, stage_layers
 
 
 class GPTStage(nn.Module):

@@ -23,6 +23,18 @@ def hardware_flops_per_token(s: TransformerShape, checkpointing: bool = False) -
     return out
 
 
+def stage_layers(n_layer: int, num_stages: int) -> list[range]:
+    """Consecutive blocks per pipeline stage; any remainder goes to the first stages (the last one carries the
+    head). The pp layout splits the model by it and the plan counts each stage's memory by it."""
+    base, extra = divmod(n_layer, num_stages)
+    out, start = [], 0
+    for s in range(num_stages):
+        n = base + (1 if s < extra else 0)
+        out.append(range(start, start + n))
+        start += n
+    return out
+
+
 def bubble_fraction(num_stages: int, microbatches: int) -> float:
     """The pipeline bubble: (p - 1) / (m + p - 1) of a step idle, for p stages and m micro-batches (GPipe and
     1F1B alike). The one home of the formula: the pp layout reports it, the plan stretches step time by it."""

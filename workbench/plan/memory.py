@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 from workbench.models.shapes import TransformerShape, numel
 from workbench.plan.activations import Activations
+from workbench.plan.compute import stage_layers
 from workbench.plan.finetuning import finetune_counts
 from workbench.plan.precision import Precision
 from workbench.plan.result import RankMemory
@@ -221,8 +222,8 @@ def pipeline_memory(c: Counting) -> list[RankMemory]:
     tail = [sh for n, sh in c.outer if n not in ("tok_emb.weight", "pos_emb.weight")]  # ln_f, an untied head
     head_copy = s.vocab_size * s.d_model if pp > 1 and s.tied_head else 0
     ranks = []
-    for st in range(pp):
-        layers = s.n_layer // pp + (1 if st < s.n_layer % pp else 0)
+    for st, blocks in enumerate(stage_layers(s.n_layer, pp)):
+        layers = len(blocks)
         first, last = st == 0, st == pp - 1
         local = layers * c.blk_numel
         tensors = layers * len(c.block)
