@@ -180,7 +180,9 @@ def test_killed_rank_fails_fast_and_keeps_metrics(workdir, small):
     t1 = time.time()
     assert run.wait(timeout=60) == "failed"
     dt = time.time() - t1
-    assert dt < 5, f"failure seen after {dt:.1f}s"
+    # "fast" = seen by the supervisor, not discovered by a timeout: ~1 s on a quiet machine, a few on a loaded
+    # one, and far below timeout_s (300 s): a death found only by the process-group timeout fails this
+    assert dt < 20, f"failure seen after {dt:.1f}s"
     assert "rank 1" in run.error and "SIGKILL" in run.error
     time.sleep(0.5)
     assert not [p for p in pids if _alive(p)], "a rank outlived the run"
@@ -235,7 +237,7 @@ def test_hung_rank_fails_within_the_timeout(workdir, small):
             pass
     dt = time.time() - t1
     assert status == "failed", (status, run.error)
-    assert dt < 10 + 30, f"hung rank ended the run after {dt:.0f}s (timeout_s 10)"
+    assert dt < 10 + 50, f"hung rank ended the run after {dt:.0f}s (timeout_s 10; gloo's default would be 30 min)"
 
 
 OOM = """
