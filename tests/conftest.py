@@ -30,3 +30,19 @@ def small(quickstart):
     return quickstart.override(
         {"max_steps": 20, "log_every": 5, "eval_every": 10, "grad_accum_steps": 2, "schedule.warmup_steps": 5}
     )
+
+
+def pytest_configure(config):
+    """Once per session, in the controlling process (before any xdist worker starts): a cache folder of the
+    session's own, so tests never read or write the user's ~/.cache/workbench, and the CPU's fp32 matmul peak
+    measured there while the machine is still quiet. Measured later, while two test workers train side by
+    side, the peak would read low and every MFU would be left out (workbench/plan/devices.py)."""
+    if hasattr(config, "workerinput") or os.environ.get("WORKBENCH_CACHE_DIR"):
+        return
+    import tempfile
+
+    os.environ["WORKBENCH_CACHE_DIR"] = tempfile.mkdtemp(prefix="wb-test-cache-")
+    from workbench.plan.devices import cpu_peak_flops
+
+    for threads in (1, 2):  # one per process under 2-process launches, both cores for one process
+        cpu_peak_flops("fp32", threads=threads)

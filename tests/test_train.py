@@ -55,7 +55,7 @@ def test_ddp_two_processes_end_to_end(workdir, small):
     ]:
         assert key in last, key
     assert len(last["mem_bytes"]) == 2 and all(b > 0 for b in last["mem_bytes"])
-    assert last["tokens"] == 30 * small.tokens_per_step and 0 < last["mfu"] < 1.5
+    assert last["tokens"] == 30 * small.tokens_per_step and 0 < last["mfu"] <= 1  # never above 100%
     assert run.checkpoints() and run.checkpoints()[-1].endswith("step_30")
 
     # metrics.jsonl and TensorBoard agree step for step (read with TensorBoard's own reader)
