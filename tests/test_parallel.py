@@ -329,3 +329,62 @@ def test_invalid_combinations_refused_before_launch(quickstart, workdir, overrid
 def test_every_layout_valid_on_two_processes(quickstart):
     for name, overrides in LAYOUTS.items():
         assert _problems(quickstart, overrides) == [], name
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the plan against real runs: status.json "measured" vs "planned", per rank, for every layout. The runs are
+# the ones the tests above already made (the runner shares them), plus two that combine bf16 with activation
+# checkpointing, so no layout is launched twice for the plan.
+
+PLAN_TARGET = {"param_bytes": 0.01, "grad_bytes": 0.01, "optimizer_bytes": 0.01, "activation_bytes": 0.10}
+PLAN_GRID = {  # run name (the runner's) -> its overrides; every layout the config offers, each at least once
+    "ddp_bf16_ac": {**LAYOUTS["ddp"], "precision": "bf16", "activation_checkpointing": True, "max_steps": 1},
+    "zero1_fp16": {**LAYOUTS["zero1"], "precision": "fp16", "max_steps": 6},
+    "zero2": LAYOUTS["zero2"],
+    "zero3_bf16_ac": {**LAYOUTS["zero3"], "precision": "bf16", "activation_checkpointing": True, "max_steps": 1},
+    "tp_bf16": {**LAYOUTS["tp"], "precision": "bf16", "max_steps": 6},
+    "dp_tp": LAYOUTS["dp_tp"],
+    "pp_gpipe": LAYOUTS["pp_gpipe"],
+    "pp_1f1b_bf16": {**LAYOUTS["pp_1f1b"], "precision": "bf16", "max_steps": 6},
+    "ps": LAYOUTS["ps"],
+}
+
+
+def test_plan_grid_covers_every_strategy():
+    """A new strategy must join the grid of real runs that the plan is checked against."""
+    from workbench.config import STRATEGIES
+
+    assert {o.get("parallel.strategy", "ddp") for o in PLAN_GRID.values()} == set(STRATEGIES)
+
+
+def _plan_errors(name, run):
+    from workbench.plan import accuracy
+
+    assert run.status == "finished", (name, run.error)
+    cfg, info = run.config, run.info
+    measured, planned = info["measured"], info["planned"]
+    assert len(measured) == cfg.parallel.num_processes == len(planned["ranks"])
+    first = next(e for e in run.metrics() if "measured" in e)  # the first metric event carries both too
+    assert first["measured"] == measured and first["planned"]["ranks"] == planned["ranks"]
+    failures = []
+    for row in accuracy(planned, measured):
+        f = row["field"]
+        if f not in PLAN_TARGET:
+            continue
+        if f in planned["approximate"]:
+            continue  # the plan labels it approximate: no target to meet
+        if abs(row["error"]) > PLAN_TARGET[f]:
+            failures.append(row | {"case": name})
+    comm = first.get("comm_bytes")  # the communication payload the run measured, against the plan's
+    if comm and "comm_bytes" not in planned["approximate"]:
+        for m, p in zip(comm, planned["comm_bytes"], strict=True):
+            assert abs(p - m) <= 0.01 * m, (name, comm, planned["comm_bytes"])
+    return failures
+
+
+@pytest.mark.slow
+def test_plan_matches_what_real_runs_hold(runner):
+    failures = []
+    for name, overrides in PLAN_GRID.items():
+        failures += _plan_errors(name, runner(name, overrides))
+    assert not failures, failures

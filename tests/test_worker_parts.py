@@ -123,3 +123,29 @@ def test_readme_documents_every_status_key():
     readme = open(os.path.join(os.path.dirname(os.path.dirname(__file__)), "README.md")).read()
     missing = [k for k in STATUS_KEYS if f"`{k}`" not in readme]
     assert not missing, f"README's status.json keys lack {missing}"
+
+
+def test_a_model_faster_than_the_peak_makes_the_worker_measure_it_again(monkeypatch, tmp_path):
+    """Trainer.check_peak: the peak is measured anew (refresh=True), the new figure used, and the event recorded in
+    status.json, so a figure taken while other jobs held the cores does not last the whole run."""
+    from workbench import worker
+
+    calls = []
+
+    def fake_resolve(cfg, acc, refresh=False):
+        calls.append(refresh)
+        return 2e11, {
+            "peak_flops_per_device": 2e11,
+            "peak_flops_source": "measured again",
+            "peak_flops_measured_at": "t",
+        }
+
+    monkeypatch.setattr(worker, "resolve_peak", fake_resolve)
+    trainer = types.SimpleNamespace(
+        peak=1e9, step=7, cfg=None, main=True, run_dir=str(tmp_path), effective={}, peak_remeasured=[],
+        acc=types.SimpleNamespace(device=types.SimpleNamespace(type="cpu")),
+    )  # fmt: skip
+    worker.Trainer.check_peak(trainer)
+    assert calls == [True] and trainer.peak == 2e11
+    assert read_status(str(tmp_path))["peak_remeasured"] == [{"step": 7, "old": 1e9, "new": 2e11}]
+    assert read_status(str(tmp_path))["effective"]["peak_flops_source"] == "measured again"

@@ -1,4 +1,4 @@
-"""Checks for the keys used after pretraining: init_from, task, peft, distill (training: workbench/finetune.py)."""
+"""Checks for the keys used after pretraining: init_from, task, peft, distill (training: workbench/finetune/)."""
 
 from __future__ import annotations
 

@@ -103,7 +103,7 @@ class ScheduleConfig:
 
 @dataclass(frozen=True)
 class TaskConfig:
-    kind: str = "lm"  # lm: next-token prediction; classify: one label per sequence (workbench/finetune.py)
+    kind: str = "lm"  # lm: next-token prediction; classify: one label per sequence (workbench/finetune/)
     num_labels: int = 2  # classify only
 
 
@@ -143,7 +143,7 @@ class RunConfig:
     device: str = "auto"  # auto: CUDA GPUs when present, else CPU processes with gloo
     runs_dir: str = "runs"
     timeout_s: int = 60  # process-group timeout: a hung rank fails the run after this many seconds
-    # after pretraining (workbench/finetune.py)
+    # after pretraining (workbench/finetune/)
     init_from: str | None = None  # a run folder: start from its latest checkpoint
     task: TaskConfig = field(default_factory=TaskConfig)
     peft: PeftConfig = field(default_factory=PeftConfig)

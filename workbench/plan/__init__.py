@@ -7,8 +7,9 @@
 
 Pure arithmetic over the config: no torch, no model, no process; a call takes about a millisecond, so the
 config panel can redraw it while a slider moves. Every figure here has a measured counterpart
-(``workbench/measure.py``) that the worker records in each run, and ``tests/test_plan.py`` checks the two
-against each other over a grid of layouts, precisions, checkpointing and sizes.
+(``workbench/measure.py``) that the worker records in each run; ``tests/test_plan.py`` checks the two in
+process over a grid of layouts, precisions, checkpointing and sizes, and ``tests/test_parallel.py`` over real
+multi-process runs of every layout.
 
 What the numbers mean (per rank, bytes):
   param_bytes       the parameters this rank holds at rest (its shard under ZeRO-3/TP/PP)
