@@ -144,20 +144,27 @@ def rank_facts(events: list[dict[str, Any]], rank: int, world: int) -> dict[str,
     }
 
 
-def waits(ranks: list[dict[str, Any]]) -> dict[int, list[Interval]]:
-    """Each rank's time inside a communication op before its last partner arrived: waiting, not moving bytes.
+def waits(ranks: list[dict[str, Any]]) -> tuple[dict[int, list[Interval]], dict[int, list[Interval]]]:
+    """(wait, late) per rank: the parts of its communication ops that moved no bytes.
 
-    A collective is matched with the same-numbered op of its kind on every rank (when every rank ran as many of
-    that kind; otherwise its time all counts as communication); a send from a to b with b's same-numbered
-    receive from a. Both sides of a match wait until the later of the two (or all) starts.
+    wait: inside an op before its last partner arrived (the partner was still busy: idle time). late: inside an
+    op after a partner had already finished it (an asynchronous send whose completion this rank noticed only
+    when it next looked). A collective is matched with the same-numbered op of its kind on every rank (when
+    every rank ran as many of that kind; otherwise its time all counts as communication); a send from a to b
+    with b's same-numbered receive from a.
     """
     out: dict[int, list[Interval]] = {f["rank"]: [] for f in ranks}
+    late: dict[int, list[Interval]] = {f["rank"]: [] for f in ranks}
 
     def match(group: list[tuple[int, dict[str, Any]]]) -> None:
-        arrive = max(c["start"] for _, c in group)
+        arrive, done = max(c["start"] for _, c in group), min(c["end"] for _, c in group)
+        if done < arrive:  # one ended before another began: not one op after all (order differed); no split
+            return
         for r, c in group:
             if arrive > c["start"]:
                 out[r].append((c["start"], min(arrive, c["end"])))
+            if c["end"] > max(done, arrive):
+                late[r].append((max(done, arrive), c["end"]))
 
     for kind in sorted({c["op"] for f in ranks for c in f["comm"]} - {"send", "recv"}):
         lists = [[(f["rank"], c) for c in f["comm"] if c["op"] == kind] for f in ranks]
@@ -171,16 +178,19 @@ def waits(ranks: list[dict[str, Any]]) -> dict[int, list[Interval]]:
             if a is not b and len(sends) == len(recvs):
                 for pair in zip(sends, recvs):
                     match(list(pair))
-    return {r: merge(v) for r, v in out.items()}
+    return {r: merge(v) for r, v in out.items()}, {r: merge(v) for r, v in late.items()}
 
 
-def rank_summary(f: dict[str, Any], wait: list[Interval]) -> tuple[dict[str, Any], dict[str, list[Interval]]]:
+def rank_summary(
+    f: dict[str, Any], wait: list[Interval], late: list[Interval] | None = None
+) -> tuple[dict[str, Any], dict[str, list[Interval]]]:
     """One rank's figures (ms per optimizer step, README "Inside a step") and its timeline's intervals by kind."""
     steps, n = f["steps"], max(1, len(f["steps"]))
     compute = intersect(merge(f["compute"]), steps)
     data = intersect(merge(f["data"]), steps)
     spans = [(c["start"], c["end"]) for c in f["comm"]]
-    comm = intersect(subtract(merge(spans + [tuple(x) for x in f["comm_main"]]), wait), steps)
+    moved = merge(wait + (late or []))  # inside a communication op, but no bytes moving
+    comm = intersect(subtract(merge(spans + [tuple(x) for x in f["comm_main"]]), moved), steps)
     busy = merge(compute + data)
     exposed = subtract(comm, busy)
     idle = subtract(intersect(wait, steps), merge(busy + comm))
@@ -190,7 +200,7 @@ def rank_summary(f: dict[str, Any], wait: list[Interval]) -> tuple[dict[str, Any
     kinds.update(optimizer=optimizer, data=data, idle=idle)
     by_op = {}
     for op in sorted({c["op"] for c in f["comm"]}):
-        kinds[op] = intersect(subtract(merge([(c["start"], c["end"]) for c in f["comm"] if c["op"] == op]), wait), steps)
+        kinds[op] = intersect(subtract(merge([(c["start"], c["end"]) for c in f["comm"] if c["op"] == op]), moved), steps)
         by_op[op] = measure(kinds[op]) / n / 1e3
     step_ms, comm_ms, exposed_ms = measure(steps) / n / 1e3, measure(comm) / n / 1e3, measure(exposed) / n / 1e3
     parts = {k: measure(kinds[k]) / n / 1e3 for k in PHASES}
@@ -214,11 +224,11 @@ def summarize(ranks: list[dict[str, Any]], device: str = "cpu") -> dict[str, Any
     """summary.json from every rank's facts: per-rank figures and a light timeline (merged spans, in ms from
     the first profiled step's start on any rank; the ranks of one machine share its clock)."""
     ranks = sorted(ranks, key=lambda f: f["rank"])
-    w = waits(ranks)
+    w, late = waits(ranks)
     t0 = min((f["steps"][0][0] for f in ranks if f["steps"]), default=0.0)
     out, timeline = [], []
     for f in ranks:
-        figures, kinds = rank_summary(f, w[f["rank"]])
+        figures, kinds = rank_summary(f, w[f["rank"]], late[f["rank"]])
         out.append(figures)
         spans = [
             [round((s - t0) / 1e3, 3), round((e - t0) / 1e3, 3), kind]
