@@ -319,7 +319,7 @@ class StepProfiler:
             write_json_atomic(os.path.join(self.dir, "summary.json"), summary)
 
 
-def load_summary(run_dir: str) -> dict[str, Any] | None:
+def load_profile(run_dir: str) -> dict[str, Any] | None:
     """A run's profile/summary.json, or None when it was not profiled (or has not got there yet)."""
     from workbench.fileio import read_json
 
