@@ -21,8 +21,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from typing import Any
 
-
-
 PROFILE_WARMUP = 2  # unprofiled optimizer steps before the profiler starts (the first one runs the bytes probe)
 PHASES = ("forward", "backward", "optimizer", "data")
 LABEL = "wb:"  # our record_function names: wb:step, wb:forward, wb:backward, wb:optimizer, wb:data
@@ -169,14 +167,14 @@ def waits(ranks: list[dict[str, Any]]) -> tuple[dict[int, list[Interval]], dict[
     for kind in sorted({c["op"] for f in ranks for c in f["comm"]} - {"send", "recv"}):
         lists = [[(f["rank"], c) for c in f["comm"] if c["op"] == kind] for f in ranks]
         if len({len(x) for x in lists}) == 1:
-            for group in zip(*lists):
+            for group in zip(*lists, strict=True):
                 match(list(group))
     for a in ranks:
         for b in ranks:
             sends = [(a["rank"], c) for c in a["comm"] if c["op"] == "send" and c["peer"] == b["rank"]]
             recvs = [(b["rank"], c) for c in b["comm"] if c["op"] == "recv" and c["peer"] == a["rank"]]
             if a is not b and len(sends) == len(recvs):
-                for pair in zip(sends, recvs):
+                for pair in zip(sends, recvs, strict=True):
                     match(list(pair))
     return {r: merge(v) for r, v in out.items()}, {r: merge(v) for r, v in late.items()}
 
@@ -200,7 +198,9 @@ def rank_summary(
     kinds.update(optimizer=optimizer, data=data, idle=idle)
     by_op = {}
     for op in sorted({c["op"] for c in f["comm"]}):
-        kinds[op] = intersect(subtract(merge([(c["start"], c["end"]) for c in f["comm"] if c["op"] == op]), moved), steps)
+        kinds[op] = intersect(
+            subtract(merge([(c["start"], c["end"]) for c in f["comm"] if c["op"] == op]), moved), steps
+        )
         by_op[op] = measure(kinds[op]) / n / 1e3
     step_ms, comm_ms, exposed_ms = measure(steps) / n / 1e3, measure(comm) / n / 1e3, measure(exposed) / n / 1e3
     parts = {k: measure(kinds[k]) / n / 1e3 for k in PHASES}
@@ -315,7 +315,9 @@ class StepProfiler:
         everyone = gather_objects(facts)
         if self.rank == 0:
             summary = summarize(everyone, self.device)
-            summary.update(profile_steps=self.n, warmup_steps=PROFILE_WARMUP, traces=[f"rank{r}.json" for r in range(self.world)])
+            summary.update(
+                profile_steps=self.n, warmup_steps=PROFILE_WARMUP, traces=[f"rank{r}.json" for r in range(self.world)]
+            )
             write_json_atomic(os.path.join(self.dir, "summary.json"), summary)
 
 
