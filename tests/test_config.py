@@ -49,6 +49,7 @@ KEYS = [
     ("eval_every", 0, -1),
     ("eval_batches", 2, 0),
     ("checkpoint_every", 50, -1),
+    ("profile_steps", 2, 199),  # quickstart's max_steps 200 less the 2 warm-up steps leaves 198
     ("seed", 1234, -3),
     ("device", "cpu", "tpu"),
     ("runs_dir", "elsewhere", ""),

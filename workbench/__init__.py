@@ -41,6 +41,7 @@ _LAZY = {
     "prune": "workbench.compress",
     "export_onnx": "workbench.export",
     "load_model": "workbench.finetune",
+    "load_profile": "workbench.profiling",  # imports no torch; lazy all the same (a run folder's summary.json)
 }
 __all__ += list(_LAZY)
 

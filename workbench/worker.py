@@ -326,8 +326,10 @@ class Trainer:
     def run(self) -> str:
         """Train to max_steps (or until asked to stop); save the last checkpoint; returns finished | stopped."""
         from workbench import parallel
+        from workbench.profiling import StepProfiler
 
         cfg, dev = self.cfg, self.acc.device
+        self.profiler = StepProfiler(cfg, self.run_dir, self.layout, self.rank, self.world, dev)  # profile_steps
         self.clip = cfg.optimizer.grad_clip if cfg.optimizer.grad_clip > 0 else float("inf")
         self.loss_sum = torch.zeros((), device=dev, dtype=torch.float32)
         self.loss_n = torch.zeros((), device=dev, dtype=torch.float32)  # micro-steps that computed a loss
@@ -340,7 +342,8 @@ class Trainer:
         # Bytes moved, measured over this process's first optimizer step (the same every step: static shapes).
         self.comm_probe, self.probing, self.comm = parallel.CommProbe().__enter__(), True, None
         while self.step < cfg.max_steps:
-            self.train_step(batches)
+            with self.profiler.step():  # nothing at all, except for the profile_steps steps
+                self.train_step(batches)
             if not self.is_log_step():
                 continue
             stop = self.log_step()
@@ -410,7 +413,8 @@ class Trainer:
         """The metric event of the steps since the last log step, and whether any rank was asked to stop."""
         acc, cfg, n = self.acc, self.cfg, self.n_steps
         stop_asked = 1.0 if (self.main and os.path.exists(os.path.join(self.run_dir, "STOP"))) else 0.0
-        tps = n * cfg.tokens_per_step / dt
+        timed, dt = self.profiler.timed(n, dt)  # profiled steps stay out of tokens/s
+        tps = timed * cfg.tokens_per_step / dt if timed else 0.0
         above = float(self.peak is not None and self.flops_per_token * tps / self.world > self.peak)
         flags = torch.tensor([stop_asked, above], device=acc.device)
         stats = acc.reduce(torch.cat([torch.stack([self.loss_sum, self.loss_n, self.gn_sum]), flags]), reduction="sum")
@@ -424,13 +428,15 @@ class Trainer:
             "lr": self.scheduler.get_last_lr()[0],
             "grad_norm": float(stats[2]) / (self.world * n),
             "tokens_per_s": tps,
-            "samples_per_s": n * cfg.global_batch_size / dt,
-            "step_time_s": dt / n,
+            "samples_per_s": timed * cfg.global_batch_size / dt,
+            "step_time_s": dt / timed if timed else None,
             "mfu": mfu(self.flops_per_token, tps, self.peak, self.world),
             "mem_bytes": [int(v) for v in mem.tolist()],
             "time": time.time(),
             "elapsed_s": time.time() - self.t_start,
         }
+        if not timed:  # every step of the interval was profiled: no throughput to report
+            event = {k: v for k, v in event.items() if k not in ("tokens_per_s", "samples_per_s", "step_time_s", "mfu")}
         if self.comm is None:  # the first log step after the probe: every rank's bytes, once
             self.comm = comm_event(acc, self.comm_probe)
         event.update(self.comm)

@@ -139,6 +139,7 @@ class RunConfig:
     eval_every: int = 50
     eval_batches: int = 8
     checkpoint_every: int = 0  # optimizer steps between checkpoints; 0 = only at stop and at the end
+    profile_steps: int = 0  # optimizer steps traced by torch.profiler after a short warm-up; 0 = off
     seed: int = 0
     device: str = "auto"  # auto: CUDA GPUs when present, else CPU processes with gloo
     runs_dir: str = "runs"

@@ -202,11 +202,23 @@ def _validate_batch(cfg: RunConfig, c: Checker) -> None:
     c.need_int("eval_every", cfg.eval_every, 0, 1 << 31, " (0 turns evaluation off)")
     c.need_int("eval_batches", cfg.eval_batches, 1, 1 << 16)
     c.need_int("checkpoint_every", cfg.checkpoint_every, 0, 1 << 31, " (0 = only at stop and at the end)")
+    if c.need_int("profile_steps", cfg.profile_steps, 0, 1 << 31, " (0 = off)") and is_int(cfg.max_steps):
+        _validate_profile_steps(cfg, c)
     c.need_int("seed", cfg.seed, 0, 2**32 - 1)
     c.need_int("timeout_s", cfg.timeout_s, 5, 3600)
     if not isinstance(cfg.activation_checkpointing, bool):
         c.problems.append(Problem("activation_checkpointing",
                                   f"must be true or false, got {cfg.activation_checkpointing!r}"))  # fmt: skip
+
+
+def _validate_profile_steps(cfg: RunConfig, c: Checker) -> None:
+    from workbench.profiling import PROFILE_WARMUP
+
+    room = cfg.max_steps - PROFILE_WARMUP
+    if cfg.profile_steps > max(0, room):
+        c.problems.append(Problem("profile_steps", f"{cfg.profile_steps} profiled steps do not fit in max_steps "
+                                  f"{cfg.max_steps} after the {PROFILE_WARMUP} unprofiled warm-up steps: use at most "
+                                  f"{max(0, room)}, or raise max_steps"))  # fmt: skip
 
 
 def _validate_optimizer(cfg: RunConfig, c: Checker) -> None:
