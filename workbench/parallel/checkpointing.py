@@ -23,11 +23,17 @@ from torch.utils.checkpoint import checkpoint
 
 
 def find_blocks(model: nn.Module) -> list[nn.Module]:
-    """The repeated blocks of a model: the GPT's ``blocks``, else the longest ``nn.ModuleList`` in it."""
+    """The repeated blocks of a model: the GPT's ``blocks``; a Hugging Face model's blocks, the modules its
+    ``_no_split_modules`` names (LlamaDecoderLayer, BertLayer, ...) that sit in a ModuleList; else the longest
+    ``nn.ModuleList`` in it."""
     blocks = getattr(model, "blocks", None)
     if isinstance(blocks, (nn.ModuleList, nn.ModuleDict)):
         return list(blocks.values()) if isinstance(blocks, nn.ModuleDict) else list(blocks)
     lists = [m for m in model.modules() if isinstance(m, nn.ModuleList)]
+    named = set().union(*(getattr(m, "_no_split_modules", None) or () for m in model.modules()))
+    in_lists = [b for lst in lists for b in lst if type(b).__name__ in named]
+    if in_lists:
+        return in_lists
     return list(max(lists, key=len)) if lists else []
 
 
