@@ -47,7 +47,8 @@ HF_TYPES: dict[str, dict[str, Any]] = {
               "attention_bias": False, "mlp_bias": False},  # fmt: skip
     "mistral": {"names": _STANDARD, "vocab_size": 32000, "intermediate_size": 14336, "num_key_value_heads": 8,
                 "tie_word_embeddings": False},  # fmt: skip
-    "qwen2": {"names": _STANDARD, "vocab_size": 151936, "intermediate_size": 22016, "tie_word_embeddings": False},
+    "qwen2": {"names": _STANDARD, "vocab_size": 151936, "intermediate_size": 22016, "num_key_value_heads": 32,
+              "tie_word_embeddings": False},
     "gpt2": {"names": _GPT2, "vocab_size": 50257, "n_inner": None, "tie_word_embeddings": True},
     "bert": {"names": _STANDARD, "vocab_size": 30522, "intermediate_size": 3072, "type_vocab_size": 2,
              "tie_word_embeddings": True},  # fmt: skip
