@@ -156,4 +156,6 @@ def test_bert_mlm_then_classifier(corpus):
     last = clf.metrics()[-1]
     assert 0.0 <= last["test_accuracy"] <= 1.0 and last["chance_accuracy"] == 0.5
     # the classifier started from the pretrained encoder and reused its tokenizer
-    assert open(os.path.join(clf.path, "tokenizer.json")).read() == open(os.path.join(pre.path, "tokenizer.json")).read()
+    assert (
+        open(os.path.join(clf.path, "tokenizer.json")).read() == open(os.path.join(pre.path, "tokenizer.json")).read()
+    )

@@ -371,4 +371,6 @@ def is_num(v: Any) -> bool:
 def is_import_string(s: Any) -> bool:
     """Whether s reads "pkg.module:factory": your own model or data, imported from the launch folder or PYTHONPATH.
     ("hf:..." is a Hugging Face model, never a module named hf.)"""
-    return isinstance(s, str) and not s.startswith("hf:") and re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*", s) is not None
+    return (
+        isinstance(s, str) and not s.startswith("hf:") and re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*", s) is not None
+    )

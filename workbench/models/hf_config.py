@@ -43,15 +43,36 @@ _GPT2 = ("n_layer", "n_head", "n_embd", "n_positions")
 
 # The defaults of transformers 5.24's config classes that change the parameter count.
 HF_TYPES: dict[str, dict[str, Any]] = {
-    "llama": {"names": _STANDARD, "vocab_size": 32000, "intermediate_size": 11008, "tie_word_embeddings": False,
-              "attention_bias": False, "mlp_bias": False},  # fmt: skip
-    "mistral": {"names": _STANDARD, "vocab_size": 32000, "intermediate_size": 14336, "num_key_value_heads": 8,
-                "tie_word_embeddings": False},  # fmt: skip
-    "qwen2": {"names": _STANDARD, "vocab_size": 151936, "intermediate_size": 22016, "num_key_value_heads": 32,
-              "tie_word_embeddings": False},
+    "llama": {
+        "names": _STANDARD,
+        "vocab_size": 32000,
+        "intermediate_size": 11008,
+        "tie_word_embeddings": False,
+        "attention_bias": False,
+        "mlp_bias": False,
+    },  # fmt: skip
+    "mistral": {
+        "names": _STANDARD,
+        "vocab_size": 32000,
+        "intermediate_size": 14336,
+        "num_key_value_heads": 8,
+        "tie_word_embeddings": False,
+    },  # fmt: skip
+    "qwen2": {
+        "names": _STANDARD,
+        "vocab_size": 151936,
+        "intermediate_size": 22016,
+        "num_key_value_heads": 32,
+        "tie_word_embeddings": False,
+    },
     "gpt2": {"names": _GPT2, "vocab_size": 50257, "n_inner": None, "tie_word_embeddings": True},
-    "bert": {"names": _STANDARD, "vocab_size": 30522, "intermediate_size": 3072, "type_vocab_size": 2,
-             "tie_word_embeddings": True},  # fmt: skip
+    "bert": {
+        "names": _STANDARD,
+        "vocab_size": 30522,
+        "intermediate_size": 3072,
+        "type_vocab_size": 2,
+        "tie_word_embeddings": True,
+    },  # fmt: skip
 }
 DECODER_TYPES = ("llama", "mistral", "qwen2", "gpt2")
 ENCODER_TYPES = ("bert",)
