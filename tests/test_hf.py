@@ -159,3 +159,22 @@ def test_bert_mlm_then_classifier(corpus):
     assert (
         open(os.path.join(clf.path, "tokenizer.json")).read() == open(os.path.join(pre.path, "tokenizer.json")).read()
     )
+
+
+def test_activation_checkpointing_uses_transformers_switch_same_gradients():
+    import torch
+
+    from workbench.models import build_model
+    from workbench.parallel.checkpointing import apply_activation_checkpointing
+
+    cfg = RunConfig().override({**LLAMA, "data.vocab_size": 300})
+    torch.manual_seed(0)
+    plain = build_model(cfg)
+    torch.manual_seed(0)
+    ckpt = build_model(cfg)
+    assert apply_activation_checkpointing(ckpt) == 2 and ckpt.hf.is_activation_checkpointing
+    x = torch.randint(0, 300, (2, 32))
+    for m in (plain, ckpt):
+        m(x, x)[1].backward()
+    for p, q in zip(plain.parameters(), ckpt.parameters(), strict=True):
+        assert torch.equal(p.grad, q.grad)

@@ -38,8 +38,15 @@ def find_blocks(model: nn.Module) -> list[nn.Module]:
 
 
 def apply_activation_checkpointing(model: nn.Module) -> int:
-    """Checkpoint every block of ``model``; returns how many. Raises if the model has no blocks to wrap."""
+    """Checkpoint every block of ``model``; returns how many. Raises if the model has no blocks to wrap.
+
+    A Hugging Face model (``model.hf``, workbench/models/hf.py) uses transformers' own switch, which
+    checkpoints the same blocks (non-reentrant as well)."""
     blocks = find_blocks(model)
+    hf = getattr(model, "hf", None)
+    if hf is not None and getattr(hf, "supports_gradient_checkpointing", False) and blocks:
+        hf.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        return len(blocks)
     if not blocks:
         raise ValueError(
             "activation_checkpointing: the model has no repeated blocks (no nn.ModuleList) to checkpoint; "
