@@ -81,18 +81,26 @@ def validate_files(cfg: RunConfig, P: list[Problem]) -> None:
         elif kinds == {".txt"} and cfg.task.kind == "classify":
             P.append(Problem("task.kind", "classify needs labelled rows: a .json/.jsonl, .csv or .parquet file with "
                              "data.text_field and data.label_field columns"))  # fmt: skip
-    t = d.tokenizer
+    extra = cfg.model.hf_config if isinstance(cfg.model.hf_config, dict) else {}
     vocab = tokenizer_vocab(cfg)
+    if vocab is not None and "vocab_size" in extra and extra["vocab_size"] != vocab:
+        P.append(Problem("model.hf_config", f"vocab_size {extra['vocab_size']} differs from data.tokenizer's "
+                         f"{vocab}: the vocabulary comes from the tokenizer; remove vocab_size"))  # fmt: skip
+
+
+def validate_file_keys(cfg: RunConfig, P: list[Problem]) -> None:
+    """data.tokenizer, data.text_field and data.label_field alone (whatever data.source: a typo shows at once)."""
+    from workbench.data.files import tokenizer_vocab
+
+    d = cfg.data
+    t = d.tokenizer
+    vocab = tokenizer_vocab(cfg) if isinstance(t, str) else None
     if not isinstance(t, str) or vocab is None:
         P.append(Problem("data.tokenizer", f"must be bytes, bpe:<vocab> (e.g. bpe:2048) or a folder holding "
                          f"tokenizer.json, got {t!r}"))  # fmt: skip
     elif t.startswith("bpe:") and not 260 <= vocab <= 1 << 18:
         P.append(Problem("data.tokenizer", f"bpe:{vocab}: the vocabulary must be >= 260 (256 bytes and 4 special "
                          "tokens), e.g. bpe:2048"))  # fmt: skip
-    extra = cfg.model.hf_config if isinstance(cfg.model.hf_config, dict) else {}
-    if vocab is not None and "vocab_size" in extra and extra["vocab_size"] != vocab:
-        P.append(Problem("model.hf_config", f"vocab_size {extra['vocab_size']} differs from data.tokenizer's "
-                         f"{vocab}: the vocabulary comes from the tokenizer; remove vocab_size"))  # fmt: skip
     for key, value in (("data.text_field", d.text_field), ("data.label_field", d.label_field)):
         if not isinstance(value, str) or not value:
             P.append(Problem(key, f"must be a column name, got {value!r}"))
