@@ -65,6 +65,9 @@ KEYS = [
     ("distill.teacher", None, "no/such/run"),
     ("distill.temperature", 4.0, 0.0),
     ("distill.alpha", 0.9, 1.5),
+    ("data.text_field", "body", ""),
+    ("data.label_field", "y", 3),
+    ("data.tokenizer", "bpe:512", "bpe:12"),
 ]
 
 

@@ -37,6 +37,8 @@ launch_dir             launch               the folder the run was launched from
                                             where export and fine-tuning import your own modules from
 peak_remeasured        worker (rank 0)      [{step, old, new}]: MFU's peak measured again because the model
                                             ran faster than it (the first figure was taken under load)
+data_split             worker (rank 0)      data.source files: the files, rows per split, the rule that held
+                                            the evaluation rows out, the tokens packed and dropped
 eval_skipped           worker (rank 0)      why eval_loss is absent from the events (e.g. an evaluation over
                                             zero samples); absent when every evaluation ran
 updated                write_status         wall-clock time of the last write (set automatically)
@@ -80,6 +82,7 @@ STATUS_KEYS: dict[str, str] = {
     "checkpoint": "the folder of the final checkpoint",
     "launch_dir": "the folder the run was launched from (on the workers' path; export imports your module from it)",
     "peak_remeasured": "MFU's peak measured again during the run (model FLOP/s exceeded it): [{step, old, new}]",
+    "data_split": "data.source files: the files, rows and sequences per split, the rule that held evaluation out",
     "eval_skipped": "why eval_loss is absent from the events (e.g. an evaluation over zero samples)",
     "updated": "wall-clock time of the last write",
 }

@@ -224,6 +224,8 @@ class Trainer:
         from workbench import finetune as ft
 
         cfg, mb = self.cfg, self.cfg.micro_batch_size
+        if cfg.data.source == "files":
+            self.prepare_files()
         train_ds, eval_ds = ft.dataset(cfg, "train"), ft.dataset(cfg, "eval")  # build_dataset for task.kind lm
         self.n_eval = len(eval_ds)
         # A dedicated generator: otherwise each new DataLoader iterator draws from the global RNG and shifts
@@ -241,6 +243,17 @@ class Trainer:
         self.test_dl = self.acc.prepare(DataLoader(ft.dataset(cfg, "test"), batch_size=mb)) if self.classify else None
         if len(self.train_dl) < 1:
             raise ValueError("each rank gets no full micro-batch: lower micro_batch_size or parallel.num_processes")
+
+    def prepare_files(self) -> None:
+        """data.source files: rank 0 reads, tokenizes and packs data.path into the run folder (tokenizer.json,
+        data/*.npz) while the others wait, then reads it like them (workbench/data/files.py)."""
+        from workbench.data import files, set_files_dir
+
+        with self.acc.main_process_first():
+            info = files.prepare(self.cfg, self.run_dir)
+        set_files_dir(self.run_dir)
+        if self.main:
+            write_status(self.run_dir, data_split=info)
 
     def build_layout(self) -> None:
         from workbench import parallel

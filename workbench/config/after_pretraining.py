@@ -34,6 +34,10 @@ def vocab_of(cfg: RunConfig) -> int | None:
 
     if cfg.data.source == "text":
         return TEXT_VOCAB
+    if cfg.data.source == "files" or cfg.model.arch.startswith("hf:"):
+        from workbench.config.hf import hf_vocab_of
+
+        return hf_vocab_of(cfg)
     return cfg.data.vocab_size if cfg.data.source == "synthetic" else None
 
 
@@ -60,8 +64,12 @@ def _source_run(cfg: RunConfig, key: str, path: Any, P: list[Problem]) -> RunCon
         else:
             P.append(Problem(key, f"{path!r} holds no checkpoint with model weights yet; let that run finish first"))
         return None
-    if src.model.arch != "gpt":
-        P.append(Problem(key, f"{path!r} trained model.arch {src.model.arch!r}; only gpt runs can be loaded"))
+    if src.model.arch != cfg.model.arch and (src.model.arch != "gpt" or key != "distill.teacher"):
+        P.append(Problem(key, f"{path!r} trained model.arch {src.model.arch!r}, this config {cfg.model.arch!r}: "
+                         f"set model.arch: {src.model.arch}"))  # fmt: skip
+        return None
+    if src.model.arch != "gpt" and not src.model.arch.startswith("hf:"):
+        P.append(Problem(key, f"{path!r} trained model.arch {src.model.arch!r}; only gpt and hf: runs can be loaded"))
         return None
     return src
 
@@ -73,11 +81,13 @@ def validate_after_pretraining(cfg: RunConfig, c: Checker) -> None:
     ok_labels = c.need_int("task.num_labels", t.num_labels, 2, 1024)
     classify = ok_kind and t.kind == "classify"
     if classify:
-        if cfg.data.source == "text":
+        if cfg.data.source == "files" and not cfg.model.arch.startswith("hf:"):
+            pass  # validate_files refuses it with its reason
+        elif cfg.data.source == "text":
             P.append(Problem("task.kind", "classify needs labelled data: use data.source synthetic (labels from "
                              'the generator) or your own factory "pkg.module:build" returning (x, label) pairs'))  # fmt: skip
         vocab = vocab_of(cfg)
-        if ok_labels and is_int(vocab) and vocab < 4 * t.num_labels:
+        if ok_labels and is_int(vocab) and vocab < 4 * t.num_labels and cfg.data.source == "synthetic":
             P.append(Problem("task.num_labels", f"the synthetic task gives each label its own words: "
                              f"data.vocab_size {vocab} allows at most {vocab // 4} labels"))  # fmt: skip
     ok_method = _validate_peft(cfg, c)
@@ -91,6 +101,8 @@ def validate_after_pretraining(cfg: RunConfig, c: Checker) -> None:
     uses = [k for k, on in (("task.kind", classify), ("peft.method", ok_method and pe.method != "none"),
                             ("distill.teacher", bool(di.teacher))) if on]  # fmt: skip
     for key in uses:
+        if cfg.model.arch.startswith("hf:"):
+            continue  # a Hugging Face model: its own checks (config/hf.py), every layout it takes
         if cfg.model.arch != "gpt":
             P.append(Problem(key, f"needs model.arch gpt (the reference model's Linear names), got {cfg.model.arch!r}"))
         if cfg.parallel.strategy in STRATEGIES and cfg.parallel.strategy not in FINETUNE_STRATEGIES:

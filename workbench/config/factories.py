@@ -90,7 +90,8 @@ def _cache_key(cfg: RunConfig, specs: list[str]) -> Any:
             mtimes.append((origin, os.path.getmtime(origin) if origin and os.path.exists(origin) else None))
         except (ImportError, ValueError, AttributeError):
             mtimes.append((spec, None))
-    key = (cfg.model, cfg.data, cfg.task, cfg.micro_batch_size, cfg.parallel.num_processes, cfg.eval_every,
+    # model as its repr: model.hf_config is a dict
+    key = (repr(cfg.model), cfg.data, cfg.task, cfg.micro_batch_size, cfg.parallel.num_processes, cfg.eval_every,
            os.getcwd(), tuple(mtimes))  # fmt: skip
     try:
         hash(key)

@@ -20,14 +20,14 @@ if TYPE_CHECKING:
     from workbench.config.devices import DeviceInfo
 
 ARCHS = ("gpt",)
-DATA_SOURCES = ("synthetic", "text")
+DATA_SOURCES = ("synthetic", "text", "files")
 STRATEGIES = ("ddp", "zero1", "zero2", "zero3", "tp", "pp", "ps", "dp_tp")  # what each needs: STRATEGY_SPECS
 PRECISIONS = ("fp32", "bf16", "fp16", "fp8")
 OPTIMIZERS = ("adamw", "sgd")
 DECAYS = ("cosine", "linear", "constant")
 PP_SCHEDULES = ("gpipe", "1f1b")
 DEVICES = ("auto", "cpu", "cuda")
-TASK_KINDS = ("lm", "classify")
+TASK_KINDS = ("lm", "mlm", "classify")  # mlm: masked-language pretraining of an encoder (hf:bert)
 PEFT_METHODS = ("none", "frozen", "lora")
 # peft.target groups -> the reference GPT's Linear names (a bare name like "q" or "fc1" works too)
 LORA_TARGETS = {"attn": ("q", "k", "v", "o"), "mlp": ("fc1", "fc2")}
@@ -58,20 +58,26 @@ class Problem:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    arch: str = "gpt"  # "gpt", or an import string "pkg.module:factory" (see README, "Your own model")
+    # "gpt"; "hf:<model_type>" / "hf:<local folder>" (Hugging Face, models/hf_config.py); or an import string
+    # "pkg.module:factory" (see README, "Your own model")
+    arch: str = "gpt"
     n_layer: int = 2
     n_head: int = 4
     d_model: int = 64
     seq_len: int = 64
     dropout: float = 0.0
+    hf_config: dict[str, Any] = field(default_factory=dict)  # hf: further fields of the model type's config
 
 
 @dataclass(frozen=True)
 class DataConfig:
-    source: str = "synthetic"  # "synthetic", "text", or an import string "pkg.module:factory"
-    vocab_size: int = 64  # synthetic only; text is byte level (256)
+    source: str = "synthetic"  # "synthetic", "text", "files", or an import string "pkg.module:factory"
+    vocab_size: int = 64  # synthetic only; text is byte level (256); files: the tokenizer's
     seed: int = 0
-    path: str | None = None  # text only
+    path: str | None = None  # text: a file; files: a path or a glob (.txt, .json/.jsonl, .csv, .parquet)
+    text_field: str = "text"  # files: the column holding the text (json, csv, parquet)
+    label_field: str = "label"  # files, task.kind classify: the column holding the label
+    tokenizer: str = "bytes"  # files: bytes | bpe:<vocab> (trained on the train split) | <tokenizer folder>
     num_sequences: int = 8192  # synthetic: training sequences generated (held-out ones come on top)
 
 
@@ -103,7 +109,7 @@ class ScheduleConfig:
 
 @dataclass(frozen=True)
 class TaskConfig:
-    kind: str = "lm"  # lm: next-token prediction; classify: one label per sequence (workbench/finetune/)
+    kind: str = "lm"  # lm: next-token prediction; mlm: masked tokens (encoders); classify: one label per sequence
     num_labels: int = 2  # classify only
 
 
@@ -364,5 +370,8 @@ def is_num(v: Any) -> bool:
 
 
 def is_import_string(s: Any) -> bool:
-    """Whether s reads "pkg.module:factory": your own model or data, imported from the launch folder or PYTHONPATH."""
-    return isinstance(s, str) and re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*", s) is not None
+    """Whether s reads "pkg.module:factory": your own model or data, imported from the launch folder or PYTHONPATH.
+    ("hf:..." is a Hugging Face model, never a module named hf.)"""
+    return (
+        isinstance(s, str) and not s.startswith("hf:") and re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*", s) is not None
+    )

@@ -14,6 +14,7 @@ from typing import Any
 from workbench.config.after_pretraining import validate_after_pretraining
 from workbench.config.devices import DeviceInfo, detected_devices
 from workbench.config.factories import check_factories, check_importable
+from workbench.config.hf import validate_file_keys, validate_files, validate_hf_model
 from workbench.config.schema import (
     ARCHS,
     DATA_SOURCES,
@@ -110,7 +111,9 @@ def _validate_name(cfg: RunConfig, c: Checker) -> None:
 
 def _validate_model(cfg: RunConfig, c: Checker) -> None:
     m = cfg.model
-    if is_import_string(m.arch):
+    if isinstance(m.arch, str) and m.arch.startswith("hf:"):
+        validate_hf_model(cfg, c.problems)
+    elif is_import_string(m.arch):
         check_importable("model.arch", m.arch, c.problems)
     else:
         c.need_choice("model.arch", m.arch, ARCHS, ' or an import string "pkg.module:factory"')
@@ -135,10 +138,15 @@ def _validate_data(cfg: RunConfig, c: Checker) -> None:
     c.need_int("data.vocab_size", d.vocab_size, 2, 1 << 17)
     c.need_int("data.seed", d.seed, 0)
     c.need_int("data.num_sequences", d.num_sequences, 16, 1 << 24)
+    validate_file_keys(cfg, c.problems)
     if d.source == "text":
         _validate_text_path(cfg, c.problems)
+    elif d.source == "files":
+        validate_files(cfg, c.problems)
     elif d.path is not None and not custom_data:
-        c.problems.append(Problem("data.path", "only used with data.source: text; remove it or set data.source: text"))
+        c.problems.append(
+            Problem("data.path", "only used with data.source text or files; remove it or set data.source")
+        )
 
 
 def _validate_text_path(cfg: RunConfig, P: list[Problem]) -> None:

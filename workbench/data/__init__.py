@@ -123,6 +123,22 @@ def text_bytes_needed(cfg: RunConfig, split: str, sequences: int) -> int:
     return size
 
 
+# The run folder whose data/ the files source reads (the worker sets it; default: the config's own run folder).
+_files_dir: list[str] = []
+
+
+def set_files_dir(run_dir: str) -> None:
+    _files_dir[:] = [run_dir]
+
+
+def files_dir(cfg: RunConfig) -> str:
+    return _files_dir[0] if _files_dir else os.path.abspath(cfg.run_dir)
+
+
+def _lm_split(split: str) -> str:
+    return "train" if split == "train" else "eval"
+
+
 def entropy_floor(cfg: RunConfig) -> float | None:
     """The best achievable loss (nats/token) for the synthetic source; None for other sources."""
     if cfg.data.source != "synthetic":
@@ -136,8 +152,12 @@ def build_dataset(cfg: RunConfig, split: str) -> Dataset:
     import torch
     from torch.utils.data import TensorDataset
 
-    assert split in ("train", "eval")
     d, T = cfg.data, cfg.model.seq_len
+    if d.source == "files":  # prepared by the worker (files.prepare) in its run folder
+        from workbench.data import files
+
+        return files.dataset(cfg, split if cfg.task.kind == "classify" else _lm_split(split), files_dir(cfg))
+    assert split in ("train", "eval")
     if is_import_string(d.source):
         return load_factory(d.source)(cfg, split)
     if d.source == "synthetic":

@@ -27,8 +27,8 @@ def build(cfg: RunConfig) -> nn.Module:
         # A head trained for another task (or another label count) does not fit: it starts fresh.
         same_task = run_config(cfg.init_from).task == cfg.task
         take = {k: v for k, v in src.items() if k in own and (same_task or not k.startswith("score."))}
-        fresh = [k for k in own if k not in take and not k.endswith("head.weight")]
-        if any(not k.startswith("score.") for k in fresh):
+        fresh = [k for k in own if k not in take and not k.endswith("head.weight") and not task_head(model, k)]
+        if fresh:
             raise RuntimeError(f"init_from {cfg.init_from!r} lacks weights for {fresh}")
         model.load_state_dict(take, strict=False)
     if cfg.peft.method == "frozen":
@@ -38,6 +38,18 @@ def build(cfg: RunConfig) -> nn.Module:
     elif cfg.peft.method == "lora":
         model = wrap_lora(cfg, model)
     return model
+
+
+def task_head(model: nn.Module, key: str) -> bool:
+    """Whether a state-dict key belongs to a task head that starts fresh: GPTClassifier's score; a Hugging
+    Face model's parts outside its backbone (a classifier, a masked-LM head) and BERT's pooler, which a masked-LM
+    run never trains."""
+    if key.startswith("score."):
+        return True
+    hf = getattr(model, "hf", None)
+    if hf is None or not key.startswith("hf."):
+        return False
+    return not key.startswith(f"hf.{hf.base_model_prefix}.") or ".pooler." in key
 
 
 def trainable_params(model: nn.Module) -> int:

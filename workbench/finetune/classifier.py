@@ -54,6 +54,6 @@ def bare_model(cfg: RunConfig) -> nn.Module:
     """The model a config describes, freshly initialised (no init_from, no peft)."""
     from workbench.models import build_model, gpt_config
 
-    if cfg.task.kind == "classify":
+    if cfg.task.kind == "classify" and not cfg.model.arch.startswith("hf:"):  # hf: its own classifier class
         return GPTClassifier(gpt_config(cfg), cfg.task.num_labels)
     return build_model(cfg)

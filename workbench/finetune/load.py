@@ -78,7 +78,9 @@ def load_model(run: str | Run, merge: bool = True) -> nn.Module:
     sd = read_weights(ckpt)
     missing, unexpected = model.load_state_dict(sd, strict=False)
     # the tied LM head is saved once, as tok_emb.weight (safetensors refuses shared tensors)
-    missing = [k for k in missing if not k.endswith("head.weight")]
+    # (a Hugging Face model's tied weights likewise: a key that state_dict() lists but named_parameters() does not)
+    own = {n for n, _ in model.named_parameters()} | {n for n, _ in model.named_buffers()}
+    missing = [k for k in missing if not k.endswith("head.weight") and k in own]
     if missing or unexpected:
         raise RuntimeError(f"checkpoint {ckpt} does not match its config: missing {missing}, unexpected {unexpected}")
     if cfg.peft.method == "lora" and merge:

@@ -76,6 +76,8 @@ def first_event(cfg: RunConfig, effective: dict[str, Any]) -> dict[str, Any]:
     """Keys for a run's first metric event: trainable_params, and for the synthetic task its chance level
     and Bayes-optimal test accuracy (the ceiling drawn above the accuracy curve)."""
     out: dict[str, Any] = {"trainable_params": effective["trainable_params"]}
+    if cfg.task.kind == "classify" and cfg.data.source == "files":
+        out["chance_accuracy"] = chance_accuracy(cfg)  # as if balanced: 1 / num_labels
     if cfg.task.kind == "classify" and cfg.data.source == "synthetic":
         out["chance_accuracy"] = chance_accuracy(cfg)
         out["bayes_accuracy"] = bayes_accuracy(cfg, "test")

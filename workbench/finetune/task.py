@@ -122,7 +122,9 @@ def dataset(cfg: RunConfig, split: str) -> Dataset:
     from workbench.config import is_import_string
     from workbench.data import build_dataset, load_factory
 
-    if cfg.task.kind == "lm":
+    if cfg.data.source == "files":  # local files (workbench/data/files.py): every task, its own splits
+        return build_dataset(cfg, "eval" if split == "validation" else split)
+    if cfg.task.kind in ("lm", "mlm"):
         return build_dataset(cfg, "eval" if split in ("validation", "test") else split)
     if is_import_string(cfg.data.source):  # your own labelled data: build(cfg, split) -> Dataset of (x, label)
         return load_factory(cfg.data.source)(cfg, split)  # split: train, eval or test

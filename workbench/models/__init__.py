@@ -49,6 +49,10 @@ def gpt_config(cfg: RunConfig) -> GPTConfig:
 def build_model(cfg: RunConfig) -> nn.Module:
     from workbench.config import is_import_string
 
+    if cfg.model.arch.startswith("hf:"):  # a Hugging Face model (models/hf.py)
+        from workbench.models.hf import build_hf_model
+
+        return build_hf_model(cfg)
     if is_import_string(cfg.model.arch):
         from workbench.data import load_factory
 

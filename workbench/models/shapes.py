@@ -103,6 +103,13 @@ class TransformerShape:
     max_positions: int | None = None  # rows of the learned table; None: seq_len
     kind: str = "decoder"  # "decoder" (causal attention) or "encoder" (bidirectional)
     final_norm: bool = True  # a norm after the last block (ln_f)
+    o_bias: bool | None = None  # None: as `bias` (Llama's attention_bias sets q, k, v and o together)
+    # Tensors outside the blocks beyond the ones above (BERT's token-type table and embedding LayerNorm, a task
+    # head: a classifier, BERT's pooler and masked-LM head), as (name, shape).
+    extra: tuple[tuple[str, tuple[int, ...]], ...] = ()
+    # The parameters of a classification head already counted in `extra` (Hugging Face models); None: the
+    # planner adds the reference classifier's own head on top (workbench/plan/finetuning.py).
+    task_head_params: int | None = None
 
     def __post_init__(self) -> None:
         for name, value, allowed in (
@@ -161,7 +168,7 @@ class TransformerShape:
         t += self._linear("attn.q", d, q_out, self.has_qkv_bias)
         t += self._linear("attn.k", d, kv_out, self.has_qkv_bias)
         t += self._linear("attn.v", d, kv_out, self.has_qkv_bias)
-        t += self._linear("attn.o", q_out, d, self.bias)
+        t += self._linear("attn.o", q_out, d, self.bias if self.o_bias is None else self.o_bias)
         t += self._norm("ln2")
         if self.ffn == "swiglu":
             t += self._linear("mlp.gate", d, ff, self.bias)
@@ -181,7 +188,7 @@ class TransformerShape:
             t += self._norm("ln_f")
         if not self.tied_head:
             t.append(("head.weight", (self.vocab_size, self.d_model)))
-        return t
+        return t + list(self.extra)
 
     @property
     def block_params(self) -> int:
@@ -237,9 +244,14 @@ def vocab_size_for(source: str, vocab_size: int) -> int:
 
 
 def shape_of(cfg: RunConfig | Any) -> TransformerShape:
-    """The reference GPT a RunConfig builds (``models/gpt.py``: LayerNorm and Linear biases, a 4·d GELU MLP,
-    learned positions, the head tied to the token embedding)."""
+    """The model a RunConfig builds: a Hugging Face model's (``model.arch: hf:...``, models/hf_config.py), else
+    the reference GPT (``models/gpt.py``: LayerNorm and Linear biases, a 4·d GELU MLP, learned positions, the
+    head tied to the token embedding)."""
     m = cfg.model
+    if isinstance(m.arch, str) and m.arch.startswith("hf:"):
+        from workbench.models.hf_config import hf_shape
+
+        return hf_shape(cfg)
     return TransformerShape(
         n_layer=m.n_layer,
         d_model=m.d_model,

@@ -23,17 +23,30 @@ from torch.utils.checkpoint import checkpoint
 
 
 def find_blocks(model: nn.Module) -> list[nn.Module]:
-    """The repeated blocks of a model: the GPT's ``blocks``, else the longest ``nn.ModuleList`` in it."""
+    """The repeated blocks of a model: the GPT's ``blocks``; a Hugging Face model's blocks, the modules its
+    ``_no_split_modules`` names (LlamaDecoderLayer, BertLayer, ...) that sit in a ModuleList; else the longest
+    ``nn.ModuleList`` in it."""
     blocks = getattr(model, "blocks", None)
     if isinstance(blocks, (nn.ModuleList, nn.ModuleDict)):
         return list(blocks.values()) if isinstance(blocks, nn.ModuleDict) else list(blocks)
     lists = [m for m in model.modules() if isinstance(m, nn.ModuleList)]
+    named = set().union(*(getattr(m, "_no_split_modules", None) or () for m in model.modules()))
+    in_lists = [b for lst in lists for b in lst if type(b).__name__ in named]
+    if in_lists:
+        return in_lists
     return list(max(lists, key=len)) if lists else []
 
 
 def apply_activation_checkpointing(model: nn.Module) -> int:
-    """Checkpoint every block of ``model``; returns how many. Raises if the model has no blocks to wrap."""
+    """Checkpoint every block of ``model``; returns how many. Raises if the model has no blocks to wrap.
+
+    A Hugging Face model (``model.hf``, workbench/models/hf.py) uses transformers' own switch, which
+    checkpoints the same blocks (non-reentrant as well)."""
     blocks = find_blocks(model)
+    hf = getattr(model, "hf", None)
+    if hf is not None and getattr(hf, "supports_gradient_checkpointing", False) and blocks:
+        hf.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        return len(blocks)
     if not blocks:
         raise ValueError(
             "activation_checkpointing: the model has no repeated blocks (no nn.ModuleList) to checkpoint; "

@@ -28,6 +28,8 @@ def finetune_counts(
     nl = task.num_labels if classify else 0
     head = d * nl + nl  # GPTClassifier's score Linear (its LM head was the tied embedding: no params freed)
     total = N + head
+    if s.task_head_params is not None:  # a Hugging Face classifier: its head is in the shape already (and in N)
+        head, total = s.task_head_params, N
     tensors = n_tensors + (2 if classify else 0)
     trainable = total
 

@@ -1,0 +1,116 @@
+"""Checks for Hugging Face models (``model.arch: hf:...``) and local files (``data.source: files``), before launch.
+
+Nothing is downloaded: a Hub id is refused here with the offline alternatives, so no worker ever waits on a
+network that is not there (a Hub name otherwise retries for about a minute before failing).
+"""
+
+from __future__ import annotations
+
+import os
+
+from workbench.config.schema import Problem, RunConfig, is_int
+from workbench.models.hf_config import HF_TYPES, hf_source, hf_task_kinds, is_hf, model_type_of
+
+# Layouts a Hugging Face model does not take in this version, and why.
+HF_REFUSED_STRATEGIES = {
+    "tp": "tensor parallelism over a transformers model (DTensor over q/k/v/o and gate/up/down) is not built yet; "
+    "use zero3 to split the model's memory",
+    "dp_tp": "tensor parallelism over a transformers model is not built yet; use zero3",
+    "pp": "a transformers model is one forward() with no stage boundaries the pipeline can cut honestly; use "
+    "zero3 to split the model's memory",
+}
+FILE_KINDS = (".txt", ".json", ".jsonl", ".csv", ".parquet")
+
+
+def validate_hf_model(cfg: RunConfig, P: list[Problem]) -> None:
+    """model.arch hf:<type> | hf:<folder>; model.hf_config; the task and layout such a model takes."""
+    m = cfg.model
+    kind, name = hf_source(m.arch)
+    if kind == "hub":
+        P.append(Problem("model.arch", f"{m.arch!r} names a model on the Hugging Face Hub; the workbench trains "
+                         "offline and downloads nothing. Download it first (on a machine with a network: "
+                         f"`huggingface-cli download {name} --local-dir models/{name.split('/')[1]}`) and set "
+                         f"model.arch: hf:models/{name.split('/')[1]} (a local folder), or use a model type with "
+                         f"random weights: hf:{', hf:'.join(HF_TYPES)}"))  # fmt: skip
+        return
+    if kind == "unknown":
+        P.append(Problem("model.arch", f"{m.arch!r} is neither a model type (hf:{', hf:'.join(HF_TYPES)}) nor a "
+                         "local folder holding a save_pretrained model (config.json)"))  # fmt: skip
+        return
+    if kind == "folder" and not os.path.isfile(os.path.join(name, "config.json")):
+        P.append(Problem("model.arch", f"{name!r} holds no config.json: point hf:<folder> at a save_pretrained folder"))
+        return
+    if not isinstance(m.hf_config, dict):
+        P.append(Problem("model.hf_config", f"must be a mapping of config fields, got {m.hf_config!r}"))
+    model_type = model_type_of(m.arch)
+    if model_type not in HF_TYPES:
+        P.append(Problem("model.arch", f"model type {model_type!r}: the plan and the layouts know "
+                         f"{', '.join(HF_TYPES)}"))  # fmt: skip
+    kinds = hf_task_kinds(model_type)
+    if cfg.task.kind not in kinds:
+        P.append(Problem("task.kind", f"{model_type} trains {' or '.join(kinds)}, not {cfg.task.kind!r}"))
+    reason = HF_REFUSED_STRATEGIES.get(cfg.parallel.strategy)
+    if reason:
+        P.append(Problem("parallel.strategy", f"{cfg.parallel.strategy} with model.arch {m.arch}: {reason}"))
+    if cfg.peft.method != "none":
+        P.append(Problem("peft.method", "LoRA and frozen fine-tuning of a Hugging Face model are not built yet; "
+                         "use peft.method: none (full fine-tuning)"))  # fmt: skip
+    if cfg.distill.teacher:
+        P.append(Problem("distill.teacher", "distillation into a Hugging Face model is not built yet"))
+
+
+def validate_files(cfg: RunConfig, P: list[Problem]) -> None:
+    """data.path (a path or a glob of one kind of file), data.tokenizer, data.text_field / label_field."""
+    from workbench.data.files import files_of, tokenizer_vocab
+
+    d = cfg.data
+    if not is_hf(cfg.model.arch):
+        P.append(Problem("data.source", "files feeds Hugging Face models in this version: set model.arch: hf:llama "
+                         "(or another hf: type), or use data.source: text for the reference GPT"))  # fmt: skip
+    if not isinstance(d.path, str) or not d.path:
+        P.append(Problem("data.path", "data.source is files: set data.path to a file or a glob such as corpus/*.txt"))
+    else:
+        paths = files_of(d.path)
+        kinds = {os.path.splitext(p)[1].lower() for p in paths}
+        if not paths:
+            P.append(Problem("data.path", f"no file matches {d.path!r}"))
+        elif not kinds <= set(FILE_KINDS):
+            P.append(Problem("data.path", f"{sorted(kinds - set(FILE_KINDS))} files: use {', '.join(FILE_KINDS)}"))
+        elif len({".json" if k == ".jsonl" else k for k in kinds}) > 1:
+            P.append(Problem("data.path", f"mixes {sorted(kinds)} files; point it at one kind"))
+        elif kinds == {".txt"} and cfg.task.kind == "classify":
+            P.append(Problem("task.kind", "classify needs labelled rows: a .json/.jsonl, .csv or .parquet file with "
+                             "data.text_field and data.label_field columns"))  # fmt: skip
+    extra = cfg.model.hf_config if isinstance(cfg.model.hf_config, dict) else {}
+    vocab = tokenizer_vocab(cfg)
+    if vocab is not None and "vocab_size" in extra and extra["vocab_size"] != vocab:
+        P.append(Problem("model.hf_config", f"vocab_size {extra['vocab_size']} differs from data.tokenizer's "
+                         f"{vocab}: the vocabulary comes from the tokenizer; remove vocab_size"))  # fmt: skip
+
+
+def validate_file_keys(cfg: RunConfig, P: list[Problem]) -> None:
+    """data.tokenizer, data.text_field and data.label_field alone (whatever data.source: a typo shows at once)."""
+    from workbench.data.files import tokenizer_vocab
+
+    d = cfg.data
+    t = d.tokenizer
+    vocab = tokenizer_vocab(cfg) if isinstance(t, str) else None
+    if not isinstance(t, str) or vocab is None:
+        P.append(Problem("data.tokenizer", f"must be bytes, bpe:<vocab> (e.g. bpe:2048) or a folder holding "
+                         f"tokenizer.json, got {t!r}"))  # fmt: skip
+    elif t.startswith("bpe:") and not 260 <= vocab <= 1 << 18:
+        P.append(Problem("data.tokenizer", f"bpe:{vocab}: the vocabulary must be >= 260 (256 bytes and 4 special "
+                         "tokens), e.g. bpe:2048"))  # fmt: skip
+    for key, value in (("data.text_field", d.text_field), ("data.label_field", d.label_field)):
+        if not isinstance(value, str) or not value:
+            P.append(Problem(key, f"must be a column name, got {value!r}"))
+
+
+def hf_vocab_of(cfg: RunConfig) -> int | None:
+    """The vocabulary of a files or Hugging Face config (for init_from's check); None when unknown."""
+    from workbench.data.files import tokenizer_vocab
+
+    if cfg.data.source == "files":
+        return tokenizer_vocab(cfg)
+    v = (cfg.model.hf_config or {}).get("vocab_size", cfg.data.vocab_size)
+    return v if is_int(v) else None

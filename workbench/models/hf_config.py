@@ -1,0 +1,221 @@
+"""Hugging Face models by name, without torch: ``model.arch: hf:<model_type>`` or ``hf:<local folder>``.
+
+What the plan, validation and the panel need from a transformers model (its config fields, the model class a
+task takes, its TransformerShape) comes from here, and nothing here imports torch or transformers: importing
+transformers' configuration classes pulls torch in (3 s), and the plan must answer in milliseconds. So the
+defaults of the supported model types are restated below, as transformers 5.24 defines them; a test builds
+each type with transformers on the meta device and checks the counts against these.
+
+    model.arch: hf:llama                 AutoConfig.for_model("llama", ...) + from_config: random init, offline
+    model.arch: hf:/path/to/folder       from_pretrained: a save_pretrained folder (its config.json is read here)
+    model.hf_config: {num_key_value_heads: 2, intermediate_size: 172}    any further field of that config
+
+model.n_layer / n_head / d_model / seq_len are mapped onto the type's own names (GPT-2: n_layer, n_head,
+n_embd, n_positions; the others: num_hidden_layers, num_attention_heads, hidden_size,
+max_position_embeddings). A Hub id (``hf:<org>/<name>``) is refused before launch: nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import TYPE_CHECKING, Any
+
+from workbench.models.shapes import TransformerShape
+
+if TYPE_CHECKING:
+    from workbench.config import RunConfig
+
+__all__ = [
+    "DECODER_TYPES",
+    "ENCODER_TYPES",
+    "HF_TYPES",
+    "hf_config_dict",
+    "hf_shape",
+    "hf_source",
+    "hf_task_kinds",
+    "is_hf",
+]
+
+# model.* -> the type's config field names (n_layer, n_head, d_model, seq_len)
+_STANDARD = ("num_hidden_layers", "num_attention_heads", "hidden_size", "max_position_embeddings")
+_GPT2 = ("n_layer", "n_head", "n_embd", "n_positions")
+
+# The defaults of transformers 5.24's config classes that change the parameter count.
+HF_TYPES: dict[str, dict[str, Any]] = {
+    "llama": {
+        "names": _STANDARD,
+        "vocab_size": 32000,
+        "intermediate_size": 11008,
+        "tie_word_embeddings": False,
+        "attention_bias": False,
+        "mlp_bias": False,
+    },  # fmt: skip
+    "mistral": {
+        "names": _STANDARD,
+        "vocab_size": 32000,
+        "intermediate_size": 14336,
+        "num_key_value_heads": 8,
+        "tie_word_embeddings": False,
+    },  # fmt: skip
+    "qwen2": {
+        "names": _STANDARD,
+        "vocab_size": 151936,
+        "intermediate_size": 22016,
+        "num_key_value_heads": 32,
+        "tie_word_embeddings": False,
+    },
+    "gpt2": {"names": _GPT2, "vocab_size": 50257, "n_inner": None, "tie_word_embeddings": True},
+    "bert": {
+        "names": _STANDARD,
+        "vocab_size": 30522,
+        "intermediate_size": 3072,
+        "type_vocab_size": 2,
+        "tie_word_embeddings": True,
+    },  # fmt: skip
+}
+DECODER_TYPES = ("llama", "mistral", "qwen2", "gpt2")
+ENCODER_TYPES = ("bert",)
+
+
+def is_hf(arch: Any) -> bool:
+    return isinstance(arch, str) and arch.startswith("hf:")
+
+
+def hf_source(arch: str) -> tuple[str, str]:
+    """("type", model_type) | ("folder", path) | ("hub", id) | ("unknown", text) for ``hf:<...>``."""
+    name = arch[3:]
+    if name in HF_TYPES:
+        return "type", name
+    if os.path.isdir(name):
+        return "folder", name
+    if name.count("/") == 1 and not name.startswith((".", "/", "~")) and all(name.split("/")):
+        return "hub", name
+    return "unknown", name
+
+
+def _folder_config(path: str) -> dict[str, Any]:
+    with open(os.path.join(path, "config.json")) as f:
+        return json.load(f)
+
+
+def model_type_of(arch: str) -> str | None:
+    kind, name = hf_source(arch)
+    if kind == "type":
+        return name
+    if kind == "folder" and os.path.isfile(os.path.join(name, "config.json")):
+        return _folder_config(name).get("model_type")
+    return None
+
+
+def hf_task_kinds(model_type: str | None) -> tuple[str, ...]:
+    """The task.kind values a model type trains: decoders lm and classify, encoders mlm and classify."""
+    if model_type in ENCODER_TYPES:
+        return ("mlm", "classify")
+    return ("lm", "classify")
+
+
+def hf_vocab(cfg: RunConfig) -> int:
+    """The vocabulary the model is built with: the tokenizer's for local files (workbench.data.files), else
+    hf_config.vocab_size, else data.vocab_size."""
+    from workbench.data.files import tokenizer_vocab
+
+    if cfg.data.source == "files":
+        v = tokenizer_vocab(cfg)
+        if v is not None:
+            return v
+    extra = cfg.model.hf_config or {}
+    return int(extra.get("vocab_size", cfg.data.vocab_size))
+
+
+def hf_config_dict(cfg: RunConfig) -> dict[str, Any]:
+    """The fields handed to ``AutoConfig.for_model(model_type, **fields)`` (a folder: the overrides of its
+    config.json): model.* under the type's own names, the vocabulary, then model.hf_config."""
+    m = cfg.model
+    kind, name = hf_source(m.arch)
+    model_type = model_type_of(m.arch)
+    names = HF_TYPES.get(model_type or "", {}).get("names", _STANDARD)
+    out: dict[str, Any] = {}
+    if kind == "type":
+        out = dict(zip(names, (m.n_layer, m.n_head, m.d_model, m.seq_len), strict=True))
+        out["vocab_size"] = hf_vocab(cfg)
+        dropout = "resid_pdrop" if model_type == "gpt2" else "hidden_dropout_prob"
+        if model_type in ("gpt2", "bert"):
+            out[dropout] = m.dropout
+            out["attn_pdrop" if model_type == "gpt2" else "attention_probs_dropout_prob"] = m.dropout
+            out["embd_pdrop" if model_type == "gpt2" else "hidden_dropout_prob"] = m.dropout
+        else:
+            out["attention_dropout"] = m.dropout
+    out.update(m.hf_config or {})
+    if cfg.task.kind == "classify":
+        out["num_labels"] = cfg.task.num_labels
+    return out
+
+
+def _fields(cfg: RunConfig) -> tuple[str, dict[str, Any]]:
+    """(model_type, every field that matters to the count): the type's defaults, a folder's config.json,
+    then the workbench's fields."""
+    kind, name = hf_source(cfg.model.arch)
+    model_type = model_type_of(cfg.model.arch) or "llama"
+    f = {k: v for k, v in HF_TYPES.get(model_type, HF_TYPES["llama"]).items() if k != "names"}
+    if kind == "folder":
+        f.update(_folder_config(name))
+    f.update(hf_config_dict(cfg))
+    names = HF_TYPES.get(model_type, HF_TYPES["llama"])["names"]
+    for std, own in zip(_STANDARD, names, strict=True):  # one spelling below: the standard names
+        if own in f:
+            f[std] = f[own]
+    return model_type, f
+
+
+def hf_shape(cfg: RunConfig) -> TransformerShape:
+    """The TransformerShape of the model ``workbench.models.hf`` builds for this config, task head included
+    (causal LM head, BERT's masked-LM head, or a classifier and BERT's pooler): num_params is what
+    transformers' ``num_parameters()`` reports."""
+    model_type, f = _fields(cfg)
+    L, H, d, P = (f[k] for k in _STANDARD)
+    V, task = int(f["vocab_size"]), cfg.task.kind
+    tied = bool(f.get("tie_word_embeddings", True))
+    nl = cfg.task.num_labels
+    common: dict[str, Any] = {"n_layer": L, "d_model": d, "n_head": H, "vocab_size": V, "seq_len": cfg.model.seq_len}
+    if model_type in ("gpt2", "bert"):
+        ff = f.get("n_inner") if model_type == "gpt2" else f.get("intermediate_size")
+        extra: list[tuple[str, tuple[int, ...]]] = []
+        if model_type == "bert":
+            extra = [("token_type_emb.weight", (int(f.get("type_vocab_size", 2)), d)), ("emb_ln.weight", (d,)),
+                     ("emb_ln.bias", (d,))]  # fmt: skip
+            if task == "classify":
+                extra += [("pooler.weight", (d, d)), ("pooler.bias", (d,)), ("score.weight", (nl, d)),
+                          ("score.bias", (nl,))]  # fmt: skip
+            else:  # BertForMaskedLM: transform (dense, LayerNorm), the decoder tied to the embedding, its bias
+                extra += [("mlm.dense.weight", (d, d)), ("mlm.dense.bias", (d,)), ("mlm.ln.weight", (d,)),
+                          ("mlm.ln.bias", (d,)), ("mlm.decoder.bias", (V,))]  # fmt: skip
+        elif task == "classify":
+            extra = [("score.weight", (nl, d))]
+        return TransformerShape(**common, d_ff=ff, max_positions=P, kind="encoder" if model_type == "bert" else "decoder",
+                                final_norm=model_type == "gpt2", tied_head=True if task == "classify" else tied,
+                                extra=tuple(extra), task_head_params=_head(extra) if task == "classify" else None)  # fmt: skip
+    # llama, mistral, qwen2: RMSNorm, SwiGLU, rotary positions, grouped-query attention
+    bias = bool(f.get("attention_bias", False))
+    extra = [("score.weight", (nl, d))] if task == "classify" else []
+    return TransformerShape(
+        **common,
+        n_kv_head=f.get("num_key_value_heads") or H,
+        head_dim=f.get("head_dim") or d // H,
+        d_ff=f["intermediate_size"],
+        ffn="swiglu",
+        norm="rmsnorm",
+        bias=bool(f.get("mlp_bias", False)),
+        qkv_bias=True if model_type == "qwen2" else bias,
+        o_bias=bias,
+        tied_head=True if task == "classify" else tied,
+        positional="rope",
+        extra=tuple(extra),
+        task_head_params=_head(extra) if task == "classify" else None,
+    )
+
+
+def _head(extra: list[tuple[str, tuple[int, ...]]]) -> int:
+    from workbench.models.shapes import numel
+
+    return sum(numel(s) for n, s in extra if n.startswith(("score.", "pooler.")))
