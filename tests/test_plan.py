@@ -321,8 +321,8 @@ def _measure_in_process(cfg: RunConfig) -> dict[str, int]:
     from workbench import finetune as ft
     from workbench.measure import FirstStepMeter
     from workbench.models import build_model
+    from workbench.optim import build_optimizer
     from workbench.parallel.checkpointing import apply_activation_checkpointing
-    from workbench.worker import build_optimizer
 
     torch.manual_seed(0)
     model = ft.build(cfg) if ft.active(cfg) else build_model(cfg)

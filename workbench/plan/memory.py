@@ -91,7 +91,7 @@ def dim0_shards(tensors: list[tuple[tuple[int, ...], int]], world: int) -> list[
 
 def zero1_partition(s: TransformerShape, block: Tensors, outer: Tensors, world: int) -> tuple[list[int], list[int]]:
     """ZeroRedundancyOptimizer's partition, replayed: per param group (decay = matrices, no_decay = the
-    rest, as worker.build_optimizer makes them), largest tensor first to the rank with the fewest elements."""
+    rest, as optim.build_optimizer makes them), largest tensor first to the rank with the fewest elements."""
     tensors = [sh for _, sh in outer] + [sh for _ in range(s.n_layer) for _, sh in block]
     groups = ([numel(sh) for sh in tensors if len(sh) >= 2], [numel(sh) for sh in tensors if len(sh) < 2])
     heap = [(0, r) for r in range(world)]
