@@ -51,6 +51,22 @@ def scale_out(
     device: str = "cuda",
 ) -> ScaleOut:
     """Write the launch files for `machines` x `gpus_per_machine` processes; returns where and what."""
+    target = _target_config(cfg, machines, gpus_per_machine, device)
+    out_dir = os.path.abspath(out_dir or os.path.join(cfg.runs_dir, cfg.name + "-scale-out"))
+    os.makedirs(out_dir, exist_ok=True)
+    # The worker's run folder is the folder of its config.yaml: the job writes metrics and checkpoints here
+    # (on a shared file system for several machines).
+    config_path = os.path.join(out_dir, "config.yaml")
+    target.to_yaml(config_path)
+    acc_path = _write_accelerate_config(out_dir, machines, machines * gpus_per_machine, main_address, main_port)
+    env = "ACCELERATE_USE_CPU=1 " if device == "cpu" else ""
+    commands, scripts = _write_node_scripts(out_dir, machines, acc_path, config_path, env, main_address, main_port)
+    slurm = _write_slurm_script(cfg.name, out_dir, machines, gpus_per_machine, acc_path, config_path, env, main_port)
+    return ScaleOut(out_dir, config_path, acc_path, commands, scripts, slurm)
+
+
+def _target_config(cfg: RunConfig, machines: int, gpus_per_machine: int, device: str) -> RunConfig:
+    """The RunConfig for the whole cluster, validated against that cluster (not this laptop)."""
     problems = []
     if not isinstance(machines, int) or machines < 1:
         problems.append(Problem("machines", f"must be a whole number >= 1, got {machines!r}"))
@@ -62,19 +78,15 @@ def scale_out(
         raise ConfigError(problems)
     world = machines * gpus_per_machine
     target = cfg.override({"parallel.num_processes": world, "device": device})
-    # Validate against the target cluster, not this laptop: a GPU config made on a CPU machine is fine.
-    target_devices = DeviceInfo(device, gpus_per_machine * machines if device == "cuda" else world, "target", (9, 0))
+    # A GPU config made on a CPU machine is fine: validate against the target devices.
+    target_devices = DeviceInfo(device, world, "target", (9, 0))
     problems = [p for p in target.validate(target_devices) if p.key not in ("data.path",)]
     if problems:
         raise ConfigError(problems)
+    return target
 
-    out_dir = os.path.abspath(out_dir or os.path.join(cfg.runs_dir, cfg.name + "-scale-out"))
-    os.makedirs(out_dir, exist_ok=True)
-    config_path = os.path.join(out_dir, "config.yaml")
-    target.to_yaml(config_path)
-    # The worker's run folder is the folder of its config.yaml: the job writes metrics and checkpoints here
-    # (on a shared file system for several machines).
 
+def _write_accelerate_config(out_dir: str, machines: int, world: int, main_address: str, main_port: int) -> str:
     acc_cfg = {
         "compute_environment": "LOCAL_MACHINE",
         "distributed_type": "MULTI_GPU" if world > 1 else "NO",
@@ -95,8 +107,13 @@ def scale_out(
     acc_path = os.path.join(out_dir, "accelerate.yaml")
     with open(acc_path, "w") as f:
         yaml.safe_dump({k: v for k, v in acc_cfg.items() if v is not None}, f, sort_keys=False)
+    return acc_path
 
-    env = "ACCELERATE_USE_CPU=1 " if device == "cpu" else ""
+
+def _write_node_scripts(
+    out_dir: str, machines: int, acc_path: str, config_path: str, env: str, main_address: str, main_port: int
+) -> tuple[list[str], list[str]]:
+    """launch_node<R>.sh: the exact `accelerate launch` command for machine rank R."""
     commands, scripts = [], []
     for rank in range(machines):
         parts = ["accelerate", "launch", "--config_file", acc_path, "--machine_rank", str(rank)]
@@ -110,18 +127,24 @@ def scale_out(
             f.write(f"#!/usr/bin/env bash\n# machine {rank} of {machines}: run this on that machine\nset -e\n{cmd}\n")
         os.chmod(path, 0o755)
         scripts.append(path)
+    return commands, scripts
 
+
+def _write_slurm_script(
+    name: str, out_dir: str, machines: int, gpus: int, acc_path: str, config_path: str, env: str, main_port: int
+) -> str:
+    """slurm.sbatch: one task per node, each running `accelerate launch` for that node's GPUs."""
     slurm = os.path.join(out_dir, "slurm.sbatch")
     with open(slurm, "w") as f:
         f.write(
             f"""#!/usr/bin/env bash
-#SBATCH --job-name={cfg.name}
+#SBATCH --job-name={name}
 #SBATCH --nodes={machines}
 #SBATCH --ntasks-per-node=1
-#SBATCH --gpus-per-node={gpus_per_machine}
+#SBATCH --gpus-per-node={gpus}
 #SBATCH --exclusive
 #SBATCH --output={out_dir}/slurm-%j.out
-# One task per node; each runs `accelerate launch`, which starts {gpus_per_machine} processes on its node.
+# One task per node; each runs `accelerate launch`, which starts {gpus} processes on its node.
 set -euo pipefail
 # The first host is the rendezvous. Read the whole list, then cut: `scontrol ... | head -n 1` under pipefail
 # dies with SIGPIPE (exit 141) whenever scontrol is still writing a long list when head exits.
@@ -132,4 +155,4 @@ srun bash -c '{env}accelerate launch --config_file {shlex.quote(acc_path)} \\
   -m workbench.worker {shlex.quote(config_path)}'
 """
         )
-    return ScaleOut(out_dir, config_path, acc_path, commands, scripts, slurm)
+    return slurm
