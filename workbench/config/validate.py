@@ -9,10 +9,11 @@ from __future__ import annotations
 import difflib
 import math
 import os
+import shutil
 from typing import Any
 
 from workbench.config.after_pretraining import validate_after_pretraining
-from workbench.config.devices import DeviceInfo, detected_devices
+from workbench.config.devices import DeviceInfo, detected_devices, fp8_backend
 from workbench.config.factories import check_factories, check_importable
 from workbench.config.schema import (
     ARCHS,
@@ -189,6 +190,12 @@ def _validate_precision(cfg: RunConfig, c: Checker, dev: DeviceInfo) -> None:
     if cfg.precision == "fp8" and not (device == "cuda" and dev.supports_fp8):
         c.problems.append(Problem("precision", "fp8 needs an NVIDIA GPU with compute capability >= 8.9 (Ada/Hopper); "
                                   f"this machine has {dev.name or dev.kind} — use bf16"))  # fmt: skip
+    elif cfg.precision == "fp8" and fp8_backend() is None:
+        c.problems.append(Problem("precision", "fp8 needs an fp8 backend for Accelerate and none is installed: "
+                                  "pip install torchao (the workbench's fp8 extra; or transformer-engine / ms-amp), "
+                                  "or use bf16"))  # fmt: skip
+    if not isinstance(cfg.tf32, bool):
+        c.problems.append(Problem("tf32", f"must be true or false, got {cfg.tf32!r}"))
     if cfg.precision == "bf16" and device == "cuda" and not dev.supports_bf16:
         c.problems.append(Problem("precision", f"bf16 needs an Ampere or newer GPU ({dev.name}); use fp16 or fp32"))
 
@@ -204,9 +211,25 @@ def _validate_batch(cfg: RunConfig, c: Checker) -> None:
     c.need_int("checkpoint_every", cfg.checkpoint_every, 0, 1 << 31, " (0 = only at stop and at the end)")
     c.need_int("seed", cfg.seed, 0, 2**32 - 1)
     c.need_int("timeout_s", cfg.timeout_s, 5, 3600)
+    _validate_compile(cfg, c)
     if not isinstance(cfg.activation_checkpointing, bool):
         c.problems.append(Problem("activation_checkpointing",
                                   f"must be true or false, got {cfg.activation_checkpointing!r}"))  # fmt: skip
+
+
+def _validate_compile(cfg: RunConfig, c: Checker) -> None:
+    """compile: a bool; on CPU, inductor writes C++ and needs a compiler (its layouts: strategies.py)."""
+    if not isinstance(cfg.compile, bool):
+        c.problems.append(Problem("compile", f"must be true or false, got {cfg.compile!r}"))
+    elif cfg.compile and cfg.device != "cuda" and detected_devices().kind == "cpu" and not cxx_compiler():
+        c.problems.append(Problem("compile", "torch.compile on CPU generates C++ and no compiler (g++, c++ or clang++) "
+                                  "is on PATH: install one (apt install g++) or set compile: false"))  # fmt: skip
+
+
+def cxx_compiler() -> str | None:
+    """The C++ compiler inductor would use on CPU (its CXX variable, else g++ / c++ / clang++ on PATH)."""
+    names = [os.environ["CXX"]] if os.environ.get("CXX") else ["g++", "c++", "clang++"]
+    return next((shutil.which(n) for n in names if shutil.which(n)), None)
 
 
 def _validate_optimizer(cfg: RunConfig, c: Checker) -> None:
