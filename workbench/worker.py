@@ -113,7 +113,7 @@ def build_accelerator(cfg, run_dir: str, mixed_precision: str, on_cpu: bool) -> 
     )
 
 
-def comm_event(acc: Any, probe: Any) -> dict[str, Any]:
+def comm_event(acc: Any, probe: Any, step: int = 1) -> dict[str, Any]:
     """comm_bytes (one entry per rank), comm_bytes_by_op (rank 0), as names.md fixes them."""
     mine = torch.tensor([float(probe.total)], dtype=torch.float64, device=acc.device)
     per_rank = acc.gather(mine)
@@ -121,7 +121,7 @@ def comm_event(acc: Any, probe: Any) -> dict[str, Any]:
         "comm_bytes": [int(v) for v in per_rank.tolist()],
         "comm_bytes_by_op": {k: int(v) for k, v in probe.by_op.items()},
         "comm_bytes_kind": "measured",
-        "comm_bytes_scope": "optimizer step 1 (payload handed to collectives and send/recv; static shapes)",
+        "comm_bytes_scope": f"optimizer step {step} (payload handed to collectives and send/recv; static shapes)",
     }
 
 
@@ -309,8 +309,12 @@ class Trainer:
         self.t_interval = time.perf_counter()
         end_state = "finished"
         # Bytes moved, measured over this process's first optimizer step (the same every step: static shapes).
-        self.comm_probe, self.probing, self.comm = parallel.CommProbe().__enter__(), True, None
+        # compile: true probes the second step (torch.compile skips a frame while a dispatch mode is active).
+        self.comm_probe, self.probing, self.probed, self.comm = parallel.CommProbe(), False, False, None
+        self.probe_step = self.step + 1 + bool(cfg.compile)
         self.untimed, compiling = 0, bool(cfg.compile)
+        if not compiling:
+            self.start_probe()
         while self.step < cfg.max_steps:
             self.train_step(batches)
             if compiling:
@@ -336,7 +340,15 @@ class Trainer:
         now = time.perf_counter()
         self.effective["compile_s"] = now - self.t_interval
         self.effective["compile_cache"] = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+        from torch._dynamo.utils import counters  # graphs dynamo captured: 0 would mean nothing was compiled
+
+        self.effective["compiled_graphs"] = int(counters["stats"]["unique_graphs"])
         self.t_interval, self.untimed = now, 1
+        self.start_probe()
+
+    def start_probe(self) -> None:
+        self.comm_probe.__enter__()
+        self.probing, self.probed = True, False
 
     def micro_batches(self, start_micro: int):
         """Micro-batches from the start_micro-th on, epoch after epoch (the seedable sampler's order)."""
@@ -362,7 +374,7 @@ class Trainer:
         self.scheduler.step()
         if self.probing:
             self.comm_probe.__exit__(None, None, None)
-            self.probing = False
+            self.probing, self.probed = False, True
         self.step += 1
         self.n_steps += 1
         self.gn_sum += grad_norm
@@ -420,9 +432,9 @@ class Trainer:
         if timed <= 0:  # only the compiling step in this interval: no throughput measured (absent, not 0)
             for k in ("tokens_per_s", "samples_per_s", "step_time_s", "mfu"):
                 event.pop(k)
-        if self.comm is None:  # the first log step after the probe: every rank's bytes, once
-            self.comm = comm_event(acc, self.comm_probe)
-        event.update(self.comm)
+        if self.comm is None and self.probed:  # the first log step after the probe: every rank's bytes, once
+            self.comm = comm_event(acc, self.comm_probe, self.probe_step)
+        event.update(self.comm or {})
         event.update(self.layout.extra_metrics())  # e.g. the pipeline's bubble and measured idle time per stage
         if self.amp_scaler is not None:
             event["loss_scale"] = float(self.amp_scaler.get_scale())
