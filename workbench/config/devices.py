@@ -27,6 +27,7 @@ class DeviceInfo:
     count: int  # GPUs, or CPU cores
     name: str = ""
     capability: tuple[int, int] = (0, 0)
+    fp8_backend: str | None = None  # the fp8 package Accelerate would use here (fp8_backend()); GPUs only
 
     @classmethod
     def detect(cls) -> DeviceInfo:
@@ -35,6 +36,7 @@ class DeviceInfo:
 
     @property
     def supports_fp8(self) -> bool:
+        """The GPU has fp8 tensor cores (Ada/Hopper and newer); training in fp8 also needs ``fp8_backend``."""
         return self.kind == "cuda" and self.capability >= (8, 9)
 
     @property
@@ -68,7 +70,7 @@ def _detect() -> DeviceInfo:
     gpus = query_nvidia_smi()
     if gpus:
         name, cap = gpus[0]
-        return DeviceInfo("cuda", len(gpus), name, cap)
+        return DeviceInfo("cuda", len(gpus), name, cap, fp8_backend())
     return DeviceInfo("cpu", os.cpu_count() or 1, "cpu")
 
 

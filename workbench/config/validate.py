@@ -13,7 +13,7 @@ import shutil
 from typing import Any
 
 from workbench.config.after_pretraining import validate_after_pretraining
-from workbench.config.devices import DeviceInfo, detected_devices, fp8_backend
+from workbench.config.devices import DeviceInfo, detected_devices
 from workbench.config.factories import check_factories, check_importable
 from workbench.config.schema import (
     ARCHS,
@@ -190,7 +190,7 @@ def _validate_precision(cfg: RunConfig, c: Checker, dev: DeviceInfo) -> None:
     if cfg.precision == "fp8" and not (device == "cuda" and dev.supports_fp8):
         c.problems.append(Problem("precision", "fp8 needs an NVIDIA GPU with compute capability >= 8.9 (Ada/Hopper); "
                                   f"this machine has {dev.name or dev.kind} — use bf16"))  # fmt: skip
-    elif cfg.precision == "fp8" and fp8_backend() is None:
+    elif cfg.precision == "fp8" and dev.fp8_backend is None:
         c.problems.append(Problem("precision", "fp8 needs an fp8 backend for Accelerate and none is installed: "
                                   "pip install torchao (the workbench's fp8 extra; or transformer-engine / ms-amp), "
                                   "or use bf16"))  # fmt: skip
