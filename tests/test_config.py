@@ -36,6 +36,8 @@ KEYS = [
     ("micro_batch_size", 4, 0),
     ("grad_accum_steps", 1, 0),
     ("activation_checkpointing", True, "yes"),
+    ("compile", True, "yes"),
+    ("tf32", False, 1),
     ("max_steps", 100, 0),
     ("optimizer.name", "sgd", "lion"),
     ("optimizer.lr", 1e-4, float("nan")),

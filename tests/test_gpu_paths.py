@@ -111,8 +111,8 @@ def test_the_runs_own_accelerate_config_keeps_a_planted_one_out(quickstart, tmp_
 
 
 def test_concurrent_sweep_runs_get_disjoint_gpus(quickstart, monkeypatch):
-    from workbench.sweep import gpus_per_run
     from workbench.launch import physical_gpu_ids
+    from workbench.sweep import gpus_per_run
 
     four = DeviceInfo("cuda", 4, "NVIDIA H200", (9, 0))
     monkeypatch.setattr("workbench.config.detected_devices", lambda: four)

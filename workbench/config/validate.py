@@ -83,6 +83,7 @@ def validate(cfg: RunConfig, devices: DeviceInfo | None = None) -> list[Problem]
     _validate_parallel(cfg, c, dev)
     _validate_precision(cfg, c, dev)
     _validate_batch(cfg, c)
+    _validate_compile(cfg, c, dev)
     _validate_optimizer(cfg, c)
     _validate_schedule(cfg, c)
     validate_layout(cfg, c.problems)
@@ -211,17 +212,16 @@ def _validate_batch(cfg: RunConfig, c: Checker) -> None:
     c.need_int("checkpoint_every", cfg.checkpoint_every, 0, 1 << 31, " (0 = only at stop and at the end)")
     c.need_int("seed", cfg.seed, 0, 2**32 - 1)
     c.need_int("timeout_s", cfg.timeout_s, 5, 3600)
-    _validate_compile(cfg, c)
     if not isinstance(cfg.activation_checkpointing, bool):
         c.problems.append(Problem("activation_checkpointing",
                                   f"must be true or false, got {cfg.activation_checkpointing!r}"))  # fmt: skip
 
 
-def _validate_compile(cfg: RunConfig, c: Checker) -> None:
+def _validate_compile(cfg: RunConfig, c: Checker, dev: DeviceInfo) -> None:
     """compile: a bool; on CPU, inductor writes C++ and needs a compiler (its layouts: strategies.py)."""
     if not isinstance(cfg.compile, bool):
         c.problems.append(Problem("compile", f"must be true or false, got {cfg.compile!r}"))
-    elif cfg.compile and cfg.device != "cuda" and detected_devices().kind == "cpu" and not cxx_compiler():
+    elif cfg.compile and (cfg.device if cfg.device != "auto" else dev.kind) == "cpu" and not cxx_compiler():
         c.problems.append(Problem("compile", "torch.compile on CPU generates C++ and no compiler (g++, c++ or clang++) "
                                   "is on PATH: install one (apt install g++) or set compile: false"))  # fmt: skip
 
