@@ -100,7 +100,8 @@ def row(step: str, case: str, **kw: Any) -> dict[str, Any]:
 
 
 def short(eff: dict[str, Any]) -> dict[str, Any]:
-    keys = ("compute_dtype", "mixed_precision", "tf32", "fp8_backend", "compile", "compile_s", "wrapper")
+    keys = ("compute_dtype", "mixed_precision", "tf32", "fp8_backend", "fp8_linears", "high_precision_linears",
+            "compile", "compile_s", "wrapper")  # fmt: skip
     return {k: eff.get(k) for k in keys if eff.get(k) is not None}
 
 

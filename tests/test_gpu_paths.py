@@ -62,6 +62,19 @@ def test_fp8_refused_before_launch_without_a_backend(quickstart):
     assert fp8.validate(DeviceInfo("cuda", 1, "NVIDIA H200", (9, 0), fp8_backend="torchao")) == []
 
 
+def test_fp8_conversion_recorded_by_name(quickstart):
+    """Which Linears the fp8 backend replaced (torchao skips the first and last; the head is tied): by name."""
+    from workbench.device_setup import fp8_modules
+    from workbench.models import build_model
+
+    Float8Linear = type("Float8Linear", (torch.nn.Linear,), {"__module__": "torchao.float8.float8_linear"})
+    model = build_model(quickstart)
+    model.blocks[0].mlp.fc1.__class__ = Float8Linear  # what Accelerate's torchao conversion would leave
+    facts = fp8_modules(model)
+    assert facts["fp8_linears"] == ["blocks.0.mlp.fc1"]
+    assert "head" in facts["high_precision_linears"] and "blocks.0.mlp.fc1" not in facts["high_precision_linears"]
+
+
 def test_tf32_is_a_key_and_sets_the_peak(quickstart):
     from workbench.plan import peak_dtype, peak_of_device, plan
 

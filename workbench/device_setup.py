@@ -60,3 +60,19 @@ def gather_objects(obj: Any) -> list[Any]:
     out: list[Any] = [None] * torch.distributed.get_world_size()
     torch.distributed.all_gather_object(out, obj)
     return out
+
+
+def fp8_modules(model: torch.nn.Module) -> dict[str, Any]:
+    """Which Linears the fp8 conversion replaced, by name, and which it left in high precision.
+
+    Accelerate's torchao path skips the first and last Linear (and any whose sizes do not divide by 16); the
+    GPT's head shares its weight with the token embedding, so what happened to it is recorded, not assumed.
+    """
+    converted, kept = [], []
+    for name, m in model.named_modules():
+        origin = type(m).__module__
+        if origin.startswith(("torchao", "transformer_engine", "msamp")) and "linear" in type(m).__name__.lower():
+            converted.append(name)
+        elif isinstance(m, torch.nn.Linear):
+            kept.append(name)
+    return {"fp8_linears": converted, "high_precision_linears": kept}

@@ -33,7 +33,7 @@ import torch
 from torch.distributed.elastic.multiprocessing.errors import record
 
 from workbench import checkpoints
-from workbench.device_setup import gather_objects, resolve_peak, setup_tf32
+from workbench.device_setup import fp8_modules, gather_objects, resolve_peak, setup_tf32
 from workbench.fileio import write_json_atomic
 from workbench.status import write_status
 from workbench.telemetry import (
@@ -264,6 +264,7 @@ class Trainer:
             "num_params": self.n_params,
             "flops_per_token": self.flops_per_token,
             "trainable_params": ft.trainable_params(self.model),
+            **(fp8_modules(acc.unwrap_model(self.model)) if cfg.precision == "fp8" else {}),
         }
 
     def restore(self) -> int:

@@ -171,8 +171,8 @@ def resolve_device(cfg: Any, device: str | None) -> str:
 
     from workbench.config import DeviceInfo
 
-    # Detecting asks torch (~1.7 s to import, cached after the first call); without nvidia-smi there is no GPU
-    # to ask about, so a CPU machine plans at once.
+    # Detecting runs nvidia-smi (cached after the first call; CUDA is never initialised here); without it there
+    # is no GPU to ask about, so a CPU machine plans at once.
     if cfg.device != "cuda" and not shutil.which("nvidia-smi"):
         return "cpu"
     info = DeviceInfo.detect()
