@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # On a GPU machine: make demo TORCH="torch" (any CUDA build >= 2.6)
 TORCH ?= torch==2.13.0
 
-.PHONY: install dev demo test lint format browser clean bench
+.PHONY: install dev demo test lint format browser clean bench gpu-check
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,11 @@ format: dev
 
 bench: install
 	$(BIN)/python benchmarks/overhead.py
+
+# Every GPU path in one prepared run (about 8 minutes on one H200; no network): the table, and gpu_check.json
+# under $$OUT or runs/. `python benchmarks/gpu_check.py --dry-run` lists the steps anywhere.
+gpu-check: install
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python benchmarks/gpu_check.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

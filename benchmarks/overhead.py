@@ -18,7 +18,7 @@ import sys
 import tempfile
 
 import workbench as wb
-from workbench.launch import accelerate_command, free_port
+from workbench.launch import accelerate_command, free_port, write_accelerate_config
 
 BARE = r'''
 """The bare loop: what a person would write by hand with Accelerate for the same training."""
@@ -39,7 +39,7 @@ model = build_model(cfg)
 opt = torch.optim.AdamW(model.parameters(), lr=cfg.optimizer.lr, betas=tuple(cfg.optimizer.betas), weight_decay=cfg.optimizer.weight_decay)
 dl = DataLoader(build_dataset(cfg, "train"), batch_size=cfg.micro_batch_size, shuffle=True, drop_last=True)
 model, opt, dl = acc.prepare(model, opt, dl)
-step, loss_sum, marks = 0, torch.zeros(()), {}
+step, loss_sum, marks = 0, torch.zeros((), device=acc.device), {}  # on the device: no host sync per step
 while step < cfg.max_steps:
     for x, y in dl:
         with acc.accumulate(model):
@@ -68,7 +68,7 @@ def bare_tokens_per_s(cfg: wb.RunConfig, tmp: str, warmup: int) -> float:
         f.write(BARE)
     cfg_path = os.path.join(tmp, "bare.yaml")
     cfg.to_yaml(cfg_path)
-    cmd, env = accelerate_command(cfg, cfg_path, free_port())
+    cmd, env = accelerate_command(cfg, cfg_path, free_port(), config_file=write_accelerate_config(cfg, tmp))
     cmd = cmd[: cmd.index("-m", 3)] + [script, cfg_path, str(warmup), os.path.join(tmp, "bare.json")]
     subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     r = json.load(open(os.path.join(tmp, "bare.json")))

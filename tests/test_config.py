@@ -10,7 +10,7 @@ import workbench as wb
 from workbench.config import ConfigError, DeviceInfo, RunConfig
 
 CPU2 = DeviceInfo("cpu", 2, "cpu")
-H100x8 = DeviceInfo("cuda", 8, "NVIDIA H100 80GB HBM3", (9, 0))
+H100x8 = DeviceInfo("cuda", 8, "NVIDIA H100 80GB HBM3", (9, 0), fp8_backend="torchao")
 A100x2 = DeviceInfo("cuda", 2, "NVIDIA A100-SXM4-80GB", (8, 0))
 
 # (key, a valid value, an invalid value). Each key of the contract appears at least once.
@@ -36,6 +36,8 @@ KEYS = [
     ("micro_batch_size", 4, 0),
     ("grad_accum_steps", 1, 0),
     ("activation_checkpointing", True, "yes"),
+    ("compile", True, "yes"),
+    ("tf32", False, 1),
     ("max_steps", 100, 0),
     ("optimizer.name", "sgd", "lion"),
     ("optimizer.lr", 1e-4, float("nan")),

@@ -22,7 +22,7 @@ from workbench.config import (
 )
 
 CPU2 = DeviceInfo("cpu", 2, "cpu")
-H100x8 = DeviceInfo("cuda", 8, "NVIDIA H100 80GB HBM3", (9, 0))
+H100x8 = DeviceInfo("cuda", 8, "NVIDIA H100 80GB HBM3", (9, 0), fp8_backend="torchao")
 
 # The factories of tests/../check_trust's part 3: an LSTM language model, and three ways to break the contract.
 BYO = """

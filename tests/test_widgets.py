@@ -31,7 +31,7 @@ QUICKSTART_YAML = os.path.join(
     os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "quickstart.yaml"
 )
 CPU2 = DeviceInfo("cpu", 2, "cpu")
-H100x8 = DeviceInfo("cuda", 8, "NVIDIA H100 80GB HBM3", (9, 0))
+H100x8 = DeviceInfo("cuda", 8, "NVIDIA H100 80GB HBM3", (9, 0), fp8_backend="torchao")
 A100x2 = DeviceInfo("cuda", 2, "NVIDIA A100-SXM4-80GB", (8, 0))
 
 

@@ -39,10 +39,12 @@ GROUPS = ("model", "data", "parallelism", "precision", "batch & accumulation", "
 _GROUP_OF_HEAD = {
     "model": "model",
     "activation_checkpointing": "model",
+    "compile": "model",
     "data": "data",
     "parallel": "parallelism",
     "device": "parallelism",
     "precision": "precision",
+    "tf32": "precision",
     "micro_batch_size": "batch & accumulation",
     "grad_accum_steps": "batch & accumulation",
     "optimizer": "optimizer",

@@ -62,6 +62,8 @@ def unavailable_options(cfg: RunConfig, devices: DeviceInfo, rules: Rules) -> di
     precision: dict[str, str] = {}
     if not dev.supports_fp8:
         precision["fp8"] = f"needs an NVIDIA GPU with compute capability >= 8.9 (Ada/Hopper); this machine: {here}"
+    elif dev.fp8_backend is None:
+        precision["fp8"] = "needs an fp8 backend for Accelerate: pip install torchao (or transformer-engine / ms-amp)"
     if dev.kind == "cuda" and not dev.supports_bf16:
         precision["bf16"] = f"needs an Ampere or newer GPU; this machine: {here}"
     strategy: dict[str, str] = {}

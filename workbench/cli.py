@@ -105,9 +105,20 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0 if run.status in ("finished", "stopped") else 1
 
 
+def demo_sets(sets: list[str]) -> list[str]:
+    """The demo fits the machine: on a GPU machine with fewer GPUs than the quickstart's 2 processes, as many
+    processes as there are GPUs (a --set of the user's own wins)."""
+    from workbench.config import detected_devices
+
+    dev = detected_devices()
+    if dev.kind == "cuda" and dev.count < 2 and not any(s.startswith("parallel.num_processes=") for s in sets):
+        return [f"parallel.num_processes={dev.count}", *sets]
+    return list(sets)
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     args.config = QUICKSTART
-    args.set = list(args.set or [])
+    args.set = demo_sets(list(args.set or []))
     args.detach = False
     args.resume = False
     args.overwrite = True

@@ -37,10 +37,11 @@ from dataclasses import dataclass
 
 from workbench import checkpoints
 from workbench.config import ConfigError, DeviceInfo, Problem, RunConfig, effective_device
-from workbench.fileio import read_json
+from workbench.fileio import read_json, write_json_atomic
 from workbench.runs import Run, kill_workers, read_status, write_status
 
 ELASTIC_DIR = "elastic"  # torchelastic's log dir inside the run folder: per-rank error.json files
+GPU_IDS = "gpu_ids.json"  # the GPUs launch(gpu_ids=...) gave the run (absent: all)
 
 
 def free_port() -> int:
@@ -69,12 +70,16 @@ def check_launchable(cfg: RunConfig, overwrite: bool = False, resume: bool = Fal
     return problems
 
 
-def launch(cfg: RunConfig, overwrite: bool = False, resume: bool = False) -> Run:
+def launch(cfg: RunConfig, overwrite: bool = False, resume: bool = False, gpu_ids: list[int] | None = None) -> Run:
     """Start training in the background and return its Run at once.
 
-    Raises ConfigError (one message per problem, each naming its key) before any process starts.
+    Raises ConfigError (one message per problem, each naming its key) before any process starts. gpu_ids: the
+    GPUs (indices among the visible ones) this run may use, one per process; None: the first num_processes.
     """
     problems = check_launchable(cfg, overwrite=overwrite, resume=resume)
+    if gpu_ids is not None and len(gpu_ids) != cfg.parallel.num_processes:
+        problems.append(Problem("gpu_ids", f"one GPU per process: {len(gpu_ids)} given for parallel.num_processes "
+                                f"{cfg.parallel.num_processes}"))  # fmt: skip
     if problems:
         raise ConfigError(problems)
     run_dir = os.path.abspath(cfg.run_dir)
@@ -86,6 +91,10 @@ def launch(cfg: RunConfig, overwrite: bool = False, resume: bool = False) -> Run
             os.remove(os.path.join(run_dir, "STOP"))
         shutil.rmtree(os.path.join(run_dir, ELASTIC_DIR), ignore_errors=True)
     cfg.to_yaml(os.path.join(run_dir, "config.yaml"))
+    if gpu_ids is not None:
+        write_json_atomic(os.path.join(run_dir, GPU_IDS), [int(i) for i in gpu_ids])
+    elif os.path.exists(os.path.join(run_dir, GPU_IDS)):
+        os.remove(os.path.join(run_dir, GPU_IDS))
     write_status(run_dir, state="starting", error=None, resume=resume, host=os.uname().nodename, launch_dir=os.getcwd())
     out = open(os.path.join(run_dir, "supervisor.log"), "ab")
     proc = subprocess.Popen(
@@ -109,19 +118,32 @@ def _env_with_project_on_path() -> dict[str, str]:
 
 
 def accelerate_command(
-    cfg: RunConfig, config_path: str, port: int, resume: bool = False, log_dir: str | None = None
+    cfg: RunConfig,
+    config_path: str,
+    port: int,
+    resume: bool = False,
+    log_dir: str | None = None,
+    config_file: str | None = None,
+    gpu_ids: list[int] | None = None,
 ) -> tuple[list[str], dict[str, str]]:
     """The `accelerate launch` command line and environment that give cfg.parallel.num_processes ranks.
 
     resume: the worker continues from the run folder's last checkpoint. log_dir: where torchelastic (and, for
-    one process, the worker itself) writes each rank's error.json.
+    one process, the worker itself) writes each rank's error.json. config_file: the run's own Accelerate config
+    (write_accelerate_config), so no ``accelerate config`` of the user's fills in what the command line leaves
+    out. gpu_ids: the GPUs this run may use (concurrent sweep runs get disjoint ones); None: all.
     """
     n = cfg.parallel.num_processes
     device = effective_device(cfg)
     env = dict(os.environ)
+    env.setdefault("TORCHINDUCTOR_CACHE_DIR", inductor_cache_dir())  # compile: true reuses compiled code
     cmd = [sys.executable, "-m", "accelerate.commands.launch"]
     if n > 1:
         cmd.append("--multi_gpu")
+    if config_file is not None:
+        cmd += ["--config_file", config_file]
+    if device == "cuda" and gpu_ids:
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(physical_gpu_ids(gpu_ids, os.environ.get("CUDA_VISIBLE_DEVICES")))
     cmd += [
         "--num_processes", str(n),
         "--num_machines", "1",
@@ -143,6 +165,61 @@ def accelerate_command(
         env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // n))
     cmd += ["-m", "workbench.worker", config_path] + (["--resume"] if resume else [])
     return cmd, env
+
+
+ACCELERATE_CONFIG = "accelerate_config.yaml"  # the run's own Accelerate config, in its run folder
+
+
+def write_accelerate_config(cfg: RunConfig, run_dir: str, gpu_ids: list[int] | None = None) -> str:
+    """Write the run's minimal Accelerate config into its folder; returns its path.
+
+    Without ``--config_file``, ``accelerate launch`` reads ~/.cache/huggingface/accelerate/default_config.yaml
+    (common on GPU machines) for whatever the command line leaves out: its distributed_type (with one process
+    nothing on the command line overrides it), gpu_ids, fsdp and fp8 keys. This file states every one of them
+    as the command line means it; the worker sets precision and the layout itself.
+    """
+    import yaml
+
+    n = cfg.parallel.num_processes
+    content = {
+        "compute_environment": "LOCAL_MACHINE",
+        "distributed_type": "MULTI_GPU" if n > 1 else "NO",  # on CPU, ACCELERATE_USE_CPU=1 makes it gloo
+        "num_processes": n,
+        "num_machines": 1,
+        "machine_rank": 0,
+        "gpu_ids": ",".join(str(i) for i in gpu_ids) if gpu_ids else "all",
+        "mixed_precision": "no",  # the worker's Accelerator gets the config's precision
+        "use_cpu": False,  # `--cpu` would start ONE process on CPU (see the module's docstring)
+        "downcast_bf16": "no",
+        "dynamo_config": {},  # compile: true is the workbench's own (workbench/parallel/compiling.py)
+        "fsdp_config": {},
+        "debug": False,
+        "enable_cpu_affinity": False,
+        "rdzv_backend": "static",
+        "same_network": True,
+        "main_training_function": "main",
+        "tpu_env": [],
+        "tpu_use_cluster": False,
+        "tpu_use_sudo": False,
+    }
+    path = os.path.join(run_dir, ACCELERATE_CONFIG)
+    with open(path, "w") as f:
+        f.write("# Written by workbench.launch for this run: the launch reads this, never ~/.cache/huggingface.\n")
+        yaml.safe_dump(content, f, sort_keys=False)
+    return path
+
+
+def physical_gpu_ids(gpu_ids: list[int], cuda_visible: str | None) -> list[str]:
+    """gpu_ids index the GPUs this process sees: under CUDA_VISIBLE_DEVICES, they name its entries."""
+    seen = [x.strip() for x in cuda_visible.split(",") if x.strip()] if cuda_visible else None
+    return [seen[i] if seen is not None and i < len(seen) else str(i) for i in gpu_ids]
+
+
+def inductor_cache_dir() -> str:
+    """Where torch.compile's inductor caches its compiled code between runs: the workbench's cache folder."""
+    from workbench.plan.devices import cache_dir
+
+    return os.path.join(cache_dir(), "inductor")
 
 
 @dataclass
@@ -230,7 +307,11 @@ def supervise(run_dir: str, resume: bool = False) -> int:
     """Run the job to its end and write the final status. Entry point of `python -m workbench.launch`."""
     cfg = RunConfig.from_yaml(os.path.join(run_dir, "config.yaml"))
     log_dir = os.path.join(run_dir, ELASTIC_DIR)
-    cmd, env = accelerate_command(cfg, os.path.join(run_dir, "config.yaml"), free_port(), resume, log_dir)
+    ids = read_json(os.path.join(run_dir, GPU_IDS)) if os.path.exists(os.path.join(run_dir, GPU_IDS)) else None
+    acc_cfg = write_accelerate_config(cfg, run_dir, ids)
+    cmd, env = accelerate_command(
+        cfg, os.path.join(run_dir, "config.yaml"), free_port(), resume, log_dir, config_file=acc_cfg, gpu_ids=ids
+    )
     env["WORKBENCH_RUN_DIR"] = run_dir
     with open(os.path.join(run_dir, "stdout.log"), "ab") as out, open(os.path.join(run_dir, "stderr.log"), "ab") as err:
         launcher = subprocess.Popen(cmd, stdout=out, stderr=err, stdin=subprocess.DEVNULL, env=env, cwd=os.getcwd())

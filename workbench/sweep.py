@@ -99,6 +99,21 @@ class Sweep(list):
                 r.stop()
 
 
+def gpus_per_run(configs: list[RunConfig], parallel_runs: int, problems: list[Problem]) -> int:
+    """GPUs each concurrent slot gets (0 on CPU): runs that train at the same time get disjoint GPUs, so
+    parallel_runs x the largest num_processes must fit the machine's GPUs (else a problem is added)."""
+    from workbench.config import detected_devices, effective_device
+
+    if not configs or effective_device(configs[0]) != "cuda":
+        return 0
+    per_run, have = max(c.parallel.num_processes for c in configs), detected_devices().count
+    if parallel_runs * per_run > have:
+        problems.append(Problem("parallel_runs", f"{parallel_runs} concurrent runs x {per_run} processes need "
+                                f"{parallel_runs * per_run} GPUs, this machine has {have}: use parallel_runs "
+                                f"<= {max(1, have // per_run)}"))  # fmt: skip
+    return per_run
+
+
 def sweep(base_cfg: RunConfig, grid: dict[str, list[Any]], parallel_runs: int = 1, overwrite: bool = False) -> Sweep:
     """Launch every point of ``grid`` (dotted key -> values) as its own run; returns their Runs at once.
 
@@ -113,6 +128,7 @@ def sweep(base_cfg: RunConfig, grid: dict[str, list[Any]], parallel_runs: int = 
     problems = []
     for cfg in configs:
         problems += [p for p in check_launchable(cfg, overwrite=overwrite) if p not in problems]
+    per_run = gpus_per_run(configs, parallel_runs, problems)
     if problems:
         raise ConfigError(problems)
     if overwrite:  # now, not at each launch: a Run of a later point must not show the old folder's status
@@ -132,13 +148,17 @@ def sweep(base_cfg: RunConfig, grid: dict[str, list[Any]], parallel_runs: int = 
             proc = getattr(r, "_process", None)
             return proc.poll() is None if proc is not None else not r.done
 
+        slots: dict[int, Run] = {}  # slot i of parallel_runs trains on GPUs [i * per_run, (i + 1) * per_run)
         for cfg, run in zip(configs, runs, strict=True):
             while not runs._cancel.is_set() and sum(1 for r in active if busy(r)) >= parallel_runs:
                 time.sleep(0.2)
             if runs._cancel.is_set():
                 break
+            slot = next(i for i in range(parallel_runs) if i not in slots or not busy(slots[i]))
+            ids = list(range(slot * per_run, slot * per_run + cfg.parallel.num_processes)) if per_run else None
             try:
-                active.append(launch(cfg))
+                active.append(launch(cfg, gpu_ids=ids))
+                slots[slot] = active[-1]
             except Exception as e:  # one point that cannot start must not stop the others
                 os.makedirs(run.path, exist_ok=True)
                 cfg.to_yaml(os.path.join(run.path, "config.yaml"))

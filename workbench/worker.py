@@ -33,6 +33,7 @@ import torch
 from torch.distributed.elastic.multiprocessing.errors import record
 
 from workbench import checkpoints
+from workbench.device_setup import fp8_modules, gather_objects, resolve_peak, setup_tf32
 from workbench.fileio import write_json_atomic
 from workbench.optim import build_optimizer, lr_lambda
 from workbench.status import write_status
@@ -84,43 +85,7 @@ def build_accelerator(cfg, run_dir: str, mixed_precision: str, on_cpu: bool) -> 
     )
 
 
-def resolve_peak(cfg, acc: Any, refresh: bool = False) -> tuple[float | None, dict[str, Any]]:
-    """Peak FLOP/s per device, the denominator of MFU: (peak or None when unknown, facts for status.json).
-
-    The one place the worker decides the peak. A data sheet figure on GPUs (None for a GPU not in the table:
-    MFU is then left out, never guessed); on CPU a measured matmul rate (workbench.plan.devices re-validates a
-    cached figure before trusting it), taken by rank 0 alone while the others wait, so the measurement does
-    not share the cores with them, and sent to every rank. ``refresh`` measures anew (see Trainer.check_peak).
-    """
-    from workbench.plan.devices import cpu_peak_flops, gpu_peak_flops
-
-    dtype = cfg.precision  # fp32 | bf16 | fp16 | fp8: the peak tables use the same names
-    if acc.device.type == "cpu":
-        found = cpu_peak_flops(dtype, refresh=refresh) if acc.is_main_process else None
-        facts = gather_objects(found.to_dict() if found else None)[0]  # rank 0's measurement, on every rank
-    else:
-        name = torch.cuda.get_device_name()
-        found = gpu_peak_flops(name, dtype)
-        facts = found.to_dict() if found else None
-        if facts is None:
-            facts = {"flops": None, "source": f"unknown: {name} is not in the peak table (MFU left out)"}
-    return facts["flops"], {
-        "peak_flops_per_device": facts["flops"],
-        "peak_flops_source": facts["source"],
-        "peak_flops_measured_at": facts.get("measured_at"),
-    }
-
-
-def gather_objects(obj: Any) -> list[Any]:
-    """Every rank's ``obj`` (a JSON-able dict), on every rank; [obj] for a single process."""
-    if not torch.distributed.is_initialized():
-        return [obj]
-    out: list[Any] = [None] * torch.distributed.get_world_size()
-    torch.distributed.all_gather_object(out, obj)
-    return out
-
-
-def comm_event(acc: Any, probe: Any) -> dict[str, Any]:
+def comm_event(acc: Any, probe: Any, step: int = 1) -> dict[str, Any]:
     """comm_bytes (one entry per rank), comm_bytes_by_op (rank 0), as names.md fixes them."""
     mine = torch.tensor([float(probe.total)], dtype=torch.float64, device=acc.device)
     per_rank = acc.gather(mine)
@@ -128,7 +93,7 @@ def comm_event(acc: Any, probe: Any) -> dict[str, Any]:
         "comm_bytes": [int(v) for v in per_rank.tolist()],
         "comm_bytes_by_op": {k: int(v) for k, v in probe.by_op.items()},
         "comm_bytes_kind": "measured",
-        "comm_bytes_scope": "optimizer step 1 (payload handed to collectives and send/recv; static shapes)",
+        "comm_bytes_scope": f"optimizer step {step} (payload handed to collectives and send/recv; static shapes)",
     }
 
 
@@ -161,14 +126,17 @@ class Trainer:
         on_cpu = effective_device(cfg) == "cpu"
         mixed, self.native_fp16 = precision_setup(cfg, on_cpu)
         self.acc = build_accelerator(cfg, run_dir, mixed, on_cpu)
+        self.tf32 = setup_tf32(cfg, self.acc.device)
         self.rank, self.world, self.main = self.acc.process_index, self.acc.num_processes, self.acc.is_main_process
         with open(os.path.join(run_dir, f".rank{self.rank}.pid"), "w") as f:  # Run.kill and the supervisor read it
             f.write(str(os.getpid()))
         self.build_model()
         self.build_data()
         self.build_layout()
+        if self.acc.device.type == "cuda":  # the sharded layouts held the whole model before sharding it
+            torch.cuda.reset_peak_memory_stats(self.acc.device)
         self.effective = self.describe()
-        self.peak, peak_facts = resolve_peak(cfg, self.acc)
+        self.peak, peak_facts = resolve_peak(cfg, self.acc, tf32=self.tf32)
         self.peak_remeasured: list[dict[str, Any]] = []  # Trainer.check_peak
         self.effective.update(peak_facts)
         self.step = self.restore() if resume else 0
@@ -273,11 +241,15 @@ class Trainer:
             "checkpoint_format": self.layout.checkpoint_format,
             "activation_checkpointing": bool(cfg.activation_checkpointing),
             "mixed_precision": "fp16 (torch.autocast cpu + GradScaler)" if self.native_fp16 else acc.mixed_precision,
+            "fp8_backend": str(acc.fp8_backend).split(".")[-1] if cfg.precision == "fp8" else None,
+            "tf32": self.tf32,
+            "compile": bool(cfg.compile),  # compile_s joins it after the first step
             "device": str(acc.device),
             "threads_per_process": torch.get_num_threads(),
             "num_params": self.n_params,
             "flops_per_token": self.flops_per_token,
             "trainable_params": ft.trainable_params(self.model),
+            **(fp8_modules(acc.unwrap_model(self.model)) if cfg.precision == "fp8" else {}),
         }
 
     def restore(self) -> int:
@@ -325,10 +297,18 @@ class Trainer:
         self.t_interval = time.perf_counter()
         end_state = "finished"
         # Bytes moved, measured over this process's first optimizer step (the same every step: static shapes).
-        self.comm_probe, self.probing, self.comm = parallel.CommProbe().__enter__(), True, None
+        # compile: true probes the second step (torch.compile skips a frame while a dispatch mode is active).
+        self.comm_probe, self.probing, self.probed, self.comm = parallel.CommProbe(), False, False, None
+        self.probe_step = self.step + 1 + bool(cfg.compile)
+        self.untimed, compiling = 0, bool(cfg.compile)
+        if not compiling:
+            self.start_probe()
         while self.step < cfg.max_steps:
             with self.profiler.step():  # nothing at all, except for the profile_steps steps
                 self.train_step(batches)
+            if compiling:
+                self.end_compile_step()
+                compiling = False
             if not self.is_log_step():
                 continue
             stop = self.log_step()
@@ -340,6 +320,24 @@ class Trainer:
                 self.save()
             self.t_interval = time.perf_counter()  # eval and checkpoint time stay out of tokens/s
         return self.finish(end_state)
+
+    def end_compile_step(self) -> None:
+        """After the first step of a compiled run: its time (compilation included) is compile_s, and it is kept
+        out of tokens/s. One host sync, once per run (the hot path stays without them)."""
+        if self.acc.device.type == "cuda":
+            torch.cuda.synchronize(self.acc.device)
+        now = time.perf_counter()
+        self.effective["compile_s"] = now - self.t_interval
+        self.effective["compile_cache"] = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+        from torch._dynamo.utils import counters  # graphs dynamo captured: 0 would mean nothing was compiled
+
+        self.effective["compiled_graphs"] = int(counters["stats"]["unique_graphs"])
+        self.t_interval, self.untimed = now, 1
+        self.start_probe()
+
+    def start_probe(self) -> None:
+        self.comm_probe.__enter__()
+        self.probing, self.probed = True, False
 
     def micro_batches(self, start_micro: int):
         """Micro-batches from the start_micro-th on, epoch after epoch (the seedable sampler's order)."""
@@ -365,7 +363,7 @@ class Trainer:
         self.scheduler.step()
         if self.probing:
             self.comm_probe.__exit__(None, None, None)
-            self.probing = False
+            self.probing, self.probed = False, True
         self.step += 1
         self.n_steps += 1
         self.gn_sum += grad_norm
@@ -391,15 +389,16 @@ class Trainer:
         self.loss_sum.zero_()
         self.loss_n.zero_()
         self.gn_sum.zero_()
-        self.n_steps = 0
+        self.n_steps, self.untimed = 0, 0
         return stop
 
     def interval_event(self, dt: float) -> tuple[dict[str, Any], bool]:
         """The metric event of the steps since the last log step, and whether any rank was asked to stop."""
         acc, cfg, n = self.acc, self.cfg, self.n_steps
         stop_asked = 1.0 if (self.main and os.path.exists(os.path.join(self.run_dir, "STOP"))) else 0.0
-        timed, dt = self.profiler.timed(n, dt)  # profiled steps stay out of tokens/s
-        tps = timed * cfg.tokens_per_step / dt if timed else 0.0
+        # profiled steps, and a compiled run's first step (compile_s), stay out of tokens/s
+        timed, dt = self.profiler.timed(n - self.untimed, dt)
+        tps = timed * cfg.tokens_per_step / dt if timed > 0 else 0.0
         above = float(self.peak is not None and self.flops_per_token * tps / self.world > self.peak)
         flags = torch.tensor([stop_asked, above], device=acc.device)
         stats = acc.reduce(torch.cat([torch.stack([self.loss_sum, self.loss_n, self.gn_sum]), flags]), reduction="sum")
@@ -413,18 +412,19 @@ class Trainer:
             "lr": self.scheduler.get_last_lr()[0],
             "grad_norm": float(stats[2]) / (self.world * n),
             "tokens_per_s": tps,
-            "samples_per_s": timed * cfg.global_batch_size / dt,
-            "step_time_s": dt / timed if timed else None,
+            "samples_per_s": timed * cfg.global_batch_size / dt if timed > 0 else 0.0,
+            "step_time_s": dt / timed if timed > 0 else 0.0,
             "mfu": mfu(self.flops_per_token, tps, self.peak, self.world),
             "mem_bytes": [int(v) for v in mem.tolist()],
             "time": time.time(),
             "elapsed_s": time.time() - self.t_start,
         }
-        if not timed:  # every step of the interval was profiled: no throughput to report
-            event = {k: v for k, v in event.items() if k not in ("tokens_per_s", "samples_per_s", "step_time_s", "mfu")}
-        if self.comm is None:  # the first log step after the probe: every rank's bytes, once
-            self.comm = comm_event(acc, self.comm_probe)
-        event.update(self.comm)
+        if timed <= 0:  # only profiled or compiling steps in this interval: no throughput (absent, not 0)
+            for k in ("tokens_per_s", "samples_per_s", "step_time_s", "mfu"):
+                event.pop(k)
+        if self.comm is None and self.probed:  # the first log step after the probe: every rank's bytes, once
+            self.comm = comm_event(acc, self.comm_probe, self.probe_step)
+        event.update(self.comm or {})
         event.update(self.layout.extra_metrics())  # e.g. the pipeline's bubble and measured idle time per stage
         if self.amp_scaler is not None:
             event["loss_scale"] = float(self.amp_scaler.get_scale())
@@ -467,7 +467,10 @@ class Trainer:
         (a mean over nothing is not a loss: never report 0 for it)."""
         self.model.eval()
         total = torch.zeros(2, device=self.acc.device, dtype=torch.float64)
-        with torch.no_grad(), self.fwd_ctx:
+        # No fwd_ctx here: the layout's eval_loss enters it. Entering the same torch.autocast object twice nests
+        # it, and the inner __enter__ overwrites the state the outer __exit__ restores: autocast stayed on for the
+        # rest of the run after the first evaluation.
+        with torch.no_grad():
             for i, (x, y) in enumerate(self.eval_dl):
                 if i >= self.cfg.eval_batches:
                     break

@@ -13,7 +13,7 @@ key and the fix, and ``launch`` refuses a config with any problem before a proce
 """
 
 from workbench.config.after_pretraining import model_checkpoint, vocab_of
-from workbench.config.devices import DeviceInfo, cached_devices, detected_devices, effective_device
+from workbench.config.devices import DeviceInfo, cached_devices, detected_devices, effective_device, fp8_backend
 from workbench.config.schema import (
     ARCHS,
     DATA_SOURCES,
@@ -76,6 +76,7 @@ __all__ = [
     "cached_devices",
     "detected_devices",
     "effective_device",
+    "fp8_backend",
     "is_import_string",
     "is_int",
     "is_num",

@@ -135,6 +135,9 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     precision: str = "fp32"
+    # fp32 matmuls on TF32 tensor cores (Ampere and newer GPUs; nanoGPT's default); no effect on CPU
+    tf32: bool = True
+    compile: bool = False  # torch.compile each transformer block (ddp, zero1, zero2, zero3)
     micro_batch_size: int = 8
     grad_accum_steps: int = 4
     activation_checkpointing: bool = False  # recompute each block's activations in backward: less memory

@@ -25,6 +25,7 @@ class StrategySpec:
     model_parallel: bool  # splits the reference GPT's modules by name: your own model.arch cannot use it
     summary: str  # one line: what it divides across processes
     full_processes: int = 0  # processes at which every axis it is named for is > 1 (0: min_processes)
+    compiles: bool = False  # compile: true is built and tested for it (each block torch.compile'd in place)
 
     @property
     def processes_for_all_axes(self) -> int:
@@ -39,10 +40,12 @@ _PP = ("parallel.pp_size", "parallel.pp_schedule", "parallel.pp_microbatches")
 STRATEGY_SPECS: dict[str, StrategySpec] = {
     # fp8 runs through Accelerate's ddp path only; fp16's loss scaler must agree across shards, built for ddp
     # and zero1 (optimizer state sharded, weights and gradients whole on every rank).
-    "ddp": StrategySpec(1, (), _ALL, False, "nothing: every process holds the whole model and optimizer"),
-    "zero1": StrategySpec(2, (), _ALL[:3], False, "the optimizer states"),
-    "zero2": StrategySpec(2, (), _ALL[:2], False, "the optimizer states and the gradients"),
-    "zero3": StrategySpec(2, (), _ALL[:2], False, "the optimizer states, the gradients and the weights"),
+    "ddp": StrategySpec(
+        1, (), _ALL, False, "nothing: every process holds the whole model and optimizer", compiles=True
+    ),
+    "zero1": StrategySpec(2, (), _ALL[:3], False, "the optimizer states", compiles=True),
+    "zero2": StrategySpec(2, (), _ALL[:2], False, "the optimizer states and the gradients", compiles=True),
+    "zero3": StrategySpec(2, (), _ALL[:2], False, "the optimizer states, the gradients and the weights", compiles=True),
     "tp": StrategySpec(2, _TP, _ALL[:2], True, "every layer's weight matrices (heads and MLP units)"),
     "pp": StrategySpec(2, _PP, _ALL[:2], True, "the blocks, as pipeline stages"),
     "ps": StrategySpec(2, (), _ALL[:2], False, "nothing: a parameter server holds the weights, workers compute"),
@@ -106,6 +109,11 @@ def validate_layout(cfg: RunConfig, P: list[Problem]) -> None:
     if cfg.precision == "fp16" and cfg.precision not in spec.precisions:
         P.append(Problem("precision", f"fp16's loss scaler must agree across shards; this version has it for "
                          f"{_one_of(strategies_with('fp16'), 'and')}: use bf16 with parallel.strategy {s}"))  # fmt: skip
+    if cfg.compile is True and not spec.compiles:
+        ok = _one_of([k for k, v in STRATEGY_SPECS.items() if v.compiles], "or")
+        P.append(Problem("compile", f"compile: true is built for {ok} in this version (the tensor-parallel, pipeline "
+                         f"and parameter-server layouts split or drive the blocks themselves): set compile: false "
+                         f"with parallel.strategy {s}"))  # fmt: skip
     if cfg.precision == "fp8" and cfg.precision not in spec.precisions:
         P.append(Problem("precision", f"fp8 runs through Accelerate's {_one_of(strategies_with('fp8'), 'and')} path "
                          f"only: use bf16 with parallel.strategy {s}"))  # fmt: skip

@@ -9,6 +9,7 @@ from __future__ import annotations
 import difflib
 import math
 import os
+import shutil
 from typing import Any
 
 from workbench.config.after_pretraining import validate_after_pretraining
@@ -83,6 +84,7 @@ def validate(cfg: RunConfig, devices: DeviceInfo | None = None) -> list[Problem]
     _validate_parallel(cfg, c, dev)
     _validate_precision(cfg, c, dev)
     _validate_batch(cfg, c)
+    _validate_compile(cfg, c, dev)
     _validate_optimizer(cfg, c)
     _validate_schedule(cfg, c)
     validate_layout(cfg, c.problems)
@@ -197,6 +199,12 @@ def _validate_precision(cfg: RunConfig, c: Checker, dev: DeviceInfo) -> None:
     if cfg.precision == "fp8" and not (device == "cuda" and dev.supports_fp8):
         c.problems.append(Problem("precision", "fp8 needs an NVIDIA GPU with compute capability >= 8.9 (Ada/Hopper); "
                                   f"this machine has {dev.name or dev.kind} — use bf16"))  # fmt: skip
+    elif cfg.precision == "fp8" and dev.fp8_backend is None:
+        c.problems.append(Problem("precision", "fp8 needs an fp8 backend for Accelerate and none is installed: "
+                                  "pip install torchao (the workbench's fp8 extra; or transformer-engine / ms-amp), "
+                                  "or use bf16"))  # fmt: skip
+    if not isinstance(cfg.tf32, bool):
+        c.problems.append(Problem("tf32", f"must be true or false, got {cfg.tf32!r}"))
     if cfg.precision == "bf16" and device == "cuda" and not dev.supports_bf16:
         c.problems.append(Problem("precision", f"bf16 needs an Ampere or newer GPU ({dev.name}); use fp16 or fp32"))
 
@@ -227,6 +235,21 @@ def _validate_profile_steps(cfg: RunConfig, c: Checker) -> None:
         c.problems.append(Problem("profile_steps", f"{cfg.profile_steps} profiled steps do not fit in max_steps "
                                   f"{cfg.max_steps} after the {PROFILE_WARMUP} unprofiled warm-up steps: use at most "
                                   f"{max(0, room)}, or raise max_steps"))  # fmt: skip
+
+
+def _validate_compile(cfg: RunConfig, c: Checker, dev: DeviceInfo) -> None:
+    """compile: a bool; on CPU, inductor writes C++ and needs a compiler (its layouts: strategies.py)."""
+    if not isinstance(cfg.compile, bool):
+        c.problems.append(Problem("compile", f"must be true or false, got {cfg.compile!r}"))
+    elif cfg.compile and (cfg.device if cfg.device != "auto" else dev.kind) == "cpu" and not cxx_compiler():
+        c.problems.append(Problem("compile", "torch.compile on CPU generates C++ and no compiler (g++, c++ or clang++) "
+                                  "is on PATH: install one (apt install g++) or set compile: false"))  # fmt: skip
+
+
+def cxx_compiler() -> str | None:
+    """The C++ compiler inductor would use on CPU (its CXX variable, else g++ / c++ / clang++ on PATH)."""
+    names = [os.environ["CXX"]] if os.environ.get("CXX") else ["g++", "c++", "clang++"]
+    return next((shutil.which(n) for n in names if shutil.which(n)), None)
 
 
 def _validate_optimizer(cfg: RunConfig, c: Checker) -> None:

@@ -10,6 +10,7 @@
     pp        pipeline.py          the layers (torch.distributed.pipelining, GPipe / 1F1B)
     ps        parameter_server.py  nothing: rank 0 holds the parameters and optimizer, workers push/pull
 
+``compile`` (compiling.py: each block torch.compile'd in place) applies to ddp, zero1, zero2 and zero3;
 ``activation_checkpointing`` (checkpointing.py) applies to any of them; comm.py measures the bytes each
 moves. Whatever the layout, a step trains on micro_batch_size x grad_accum_steps x num_processes sequences
 and computes the same mean loss, so loss curves of different layouts lie on top of each other.
@@ -25,6 +26,7 @@ import torch
 from workbench.parallel.checkpointing import apply_activation_checkpointing
 from workbench.parallel.comm import CommProbe
 from workbench.parallel.common import Layout
+from workbench.parallel.compiling import compile_blocks
 
 __all__ = ["CommProbe", "Layout", "setup"]
 
@@ -53,6 +55,8 @@ def setup(
     strategy = cfg.parallel.strategy
     if cfg.activation_checkpointing:
         apply_activation_checkpointing(model)  # before sharding: the wrappers go around checkpointed blocks
+    if getattr(cfg, "compile", False):
+        compile_blocks(model)  # compiled lazily at the first forward; names and state dicts unchanged
     classes = {
         "ddp": DDPLayout,
         "zero1": Zero1Layout,

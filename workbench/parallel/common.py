@@ -291,9 +291,13 @@ class DCPCheckpoint:
 
     def full_state_dict(self):
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+        from torch.distributed.tensor import DTensor
 
-        # Gathers every shard on every rank: the same names and values DDP's state_dict() would give.
-        return get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True))
+        # Every shard on every rank, one tensor at a time, each moved to CPU at once: the same names and values
+        # DDP's state_dict() would give, without ever holding the whole model on a GPU (full_state_dict=True
+        # would gather it all there first; its cpu_offload gives the values to rank 0 only).
+        sharded = get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=False))
+        return {k: (v.full_tensor() if isinstance(v, DTensor) else v).cpu() for k, v in sharded.items()}
 
 
 class DTensorLayout(DCPCheckpoint, Layout):

@@ -53,6 +53,7 @@ from workbench.plan.devices import (
     cpu_peak_from_cache,
     device_key_for,
     gpu_peak_flops,
+    peak_dtype,
     peak_of_device,
     resolve_device,
 )
@@ -91,6 +92,8 @@ __all__ = [
     "hardware_flops_per_token",
     "model_notes",
     "outer_activation_bytes",
+    "peak_dtype",
+    "peak_of_device",
     "plan",
     "precision_of",
     "shape_of",
@@ -140,7 +143,7 @@ def _peak(cfg: RunConfig, dev: str) -> tuple[float, str]:
         threads = max(1, (os.cpu_count() or 1) // cfg.parallel.num_processes)
         dtype = cfg.precision if cfg.precision in ("fp32", "bf16", "fp16") else "fp32"
         return cpu_peak_from_cache(dtype, threads)
-    peak = peak_of_device(dev, cfg.precision)
+    peak = peak_of_device(dev, peak_dtype(cfg.precision, cfg.tf32 is True))  # fp32 with TF32: the tf32 rate
     return peak.flops, peak.source
 
 
