@@ -728,3 +728,13 @@ def test_failed_status_of_a_recorded_run_shows_the_error(quickstart, workdir):
     assert db.status == "failed" and "failed" in db.status_html.value
     assert "RuntimeError: &lt;out of memory&gt;" in db.error_html.value  # escaped, shown in full
     assert not math.isnan(db.loss_fig.data[0].y[-1])
+
+
+def test_a_mapping_key_round_trips_through_its_control(quickstart):
+    """model.hf_config is a mapping: its control shows inline YAML and gives a dict back (never the text)."""
+    panel = ConfigPanel(quickstart, devices=CPU2)
+    assert panel.config.model.hf_config == {} and panel.config == quickstart
+    panel.controls["model.hf_config"].value = "{num_key_value_heads: 2, intermediate_size: 172}"
+    assert panel.config.model.hf_config == {"num_key_value_heads": 2, "intermediate_size": 172}
+    panel.controls["model.hf_config"].value = "[1, 2]"
+    assert any(p.key == "model.hf_config" for p in panel.problems)

@@ -88,6 +88,21 @@ def test_killed_rank_named_from_torchelastic_summary(tmp_path):
     assert "rank 1 died (SIGKILL)" in explain_failure(str(tmp_path), 1)
 
 
+def test_killed_rank_wins_over_a_survivor_that_lost_its_peer(tmp_path):
+    # Seen under load: rank 1 was SIGKILLed, rank 0 raised gloo's "Read error" before the agent stopped it, and
+    # torchelastic named rank 0 (the first error file it saw) as the root cause. The killed rank is the cause.
+    _error_file(tmp_path, 0, "RuntimeError: [gloo/transport/tcp/pair.cc:537] Read error [127.0.0.1]:123", 1000)
+    (tmp_path / "stderr.log").write_text(
+        "Failures:\n[1]:\n  time : x\n  host : h\n  rank : 1 (local_rank: 1)\n  exitcode : -9 (pid: 124)\n"
+        "  error_file: <N/A>\n-----\nRoot Cause (first observed failure):\n[0]:\n  time : x\n  host : h\n"
+        "  rank : 0 (local_rank: 0)\n  exitcode : 1 (pid: 123)\n"
+    )
+    assert explain_failure(str(tmp_path), 1).startswith("rank 1 died (SIGKILL)")
+    # a real exception on a rank is never overruled by a killed rank
+    _error_file(tmp_path, 2, "ValueError: the real cause", 999)
+    assert explain_failure(str(tmp_path), 1).startswith("rank 2 raised ValueError")
+
+
 def test_mfu_absent_without_an_honest_peak(monkeypatch):
     from workbench.worker import resolve_peak
 

@@ -106,6 +106,8 @@ def yaml_value(v: Any) -> str:
         return json.dumps(v)
     if isinstance(v, (list, tuple)):
         return "[" + ", ".join(yaml_value(x) for x in v) + "]"
+    if isinstance(v, dict):  # model.hf_config: an inline YAML mapping, as --set writes it
+        return "{" + ", ".join(f"{k}: {yaml_value(x)}" for k, x in v.items()) + "}"
     if v is None:
         return "null"
     if isinstance(v, bool):
@@ -233,6 +235,8 @@ def make_control(key: str, f: dataclasses.Field, value: Any, max_processes: int)
         return W.FloatText(value=value, layout=lay), "float"
     if t.startswith("tuple") or isinstance(value, (tuple, list)):
         return W.Text(value=yaml_value(list(value)), layout=lay), "list"
+    if t.startswith("dict") or isinstance(value, dict):
+        return W.Text(value=yaml_value(dict(value)), placeholder="{field: value, ...}", layout=lay), "mapping"
     if "None" in t:
         return W.Text(value=value or "", placeholder="(none)", layout=lay), "optional str"
     return W.Text(value="" if value is None else str(value), layout=lay), "str"
@@ -255,6 +259,15 @@ def read_values(controls: dict[str, W.Widget], kinds: dict[str, str]) -> tuple[d
                 problems.append(Problem(key, f"write a list like [0.9, 0.95], got {v!r}"))
                 continue
             v = tuple(parsed)
+        elif kind == "mapping":
+            try:
+                parsed = yaml.safe_load(v) if v.strip() else {}
+            except yaml.YAMLError:
+                parsed = None
+            if not isinstance(parsed, dict):
+                problems.append(Problem(key, f"write a mapping like {{num_key_value_heads: 2}}, got {v!r}"))
+                continue
+            v = parsed
         values[key] = v
     return values, problems
 
@@ -263,6 +276,9 @@ def show_value(ctrl: W.Widget, kind: str, value: Any) -> None:
     """Show a config value in its control, widening a slider or a list rather than clamping the value."""
     if kind == "list":
         ctrl.value = yaml_value(list(value) if isinstance(value, (list, tuple)) else value)
+        return
+    if kind == "mapping":
+        ctrl.value = yaml_value(dict(value) if isinstance(value, dict) else value)
         return
     if kind == "optional str":
         ctrl.value = value or ""

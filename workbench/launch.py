@@ -261,12 +261,21 @@ def elastic_root_cause(stderr_tail: str) -> tuple[int, int] | None:
     return (int(m.group(1)), int(m.group(2))) if m else None
 
 
+_PEER_GONE = re.compile(r"Read error|Connection closed by peer|Connection reset by peer|Broken pipe", re.I)
+
+
+def signalled_ranks(stderr_tail: str, errors: dict[int, RankError]) -> list[tuple[int, int]]:
+    """(rank, exit code) of every rank torchelastic lists as ended by a signal that left no error file."""
+    found = [(int(r), int(c)) for r, c in _FAILED_RANK.findall(stderr_tail)]
+    return [(r, c) for r, c in dict.fromkeys(found) if c < 0 and r not in errors]
+
+
 def explain_failure(run_dir: str, rc: int) -> str:
     """The cause of a failed job, in words: which rank, how, and its traceback.
 
-    A rank that raised left an error file: the earliest is the cause. A rank killed by a signal leaves none, and
-    the survivors then raise "connection closed" errors in its wake: those are not the cause, so torchelastic's
-    root cause wins when it names a rank that left no error file and died by a signal.
+    A rank that raised left an error file: torchelastic's root-cause rank, else the earliest, is the cause. A
+    rank killed by a signal leaves none, and the survivors then raise "connection closed" errors in its wake:
+    those are never the cause while a real exception or a killed rank explains the failure.
     """
     errors = rank_errors(run_dir)
     try:
@@ -275,14 +284,18 @@ def explain_failure(run_dir: str, rc: int) -> str:
     except OSError:
         tail = ""
     root = elastic_root_cause(tail)
-    if root and root[0] in errors:
-        # The root-cause rank left a traceback: that is the cause, even when torchelastic reports it as killed
-        # (it SIGTERMs, then SIGKILLs, ranks still unwinding once another one failed).
-        return _raised(errors[root[0]])
-    if root and root[1] < 0:
-        return _died(*root)
+    # Survivors of a dead peer raise "connection closed"-style errors in its wake: never the cause while a real
+    # exception, or a rank killed by a signal (which leaves no error file), explains the failure.
+    real = {r: e for r, e in errors.items() if not _PEER_GONE.search(e.message + e.traceback)}
+    if real:
+        # torchelastic's root-cause rank when it left a real traceback (it SIGTERMs, then SIGKILLs, ranks still
+        # unwinding once another failed, so it may list the raiser as killed), else the first to raise
+        return _raised(real[root[0]] if root and root[0] in real else min(real.values(), key=lambda e: e.timestamp))
+    killed = signalled_ranks(tail, errors)
+    if killed:
+        return _died(*(root if root in killed else killed[0]))
     if errors:
-        return _raised(min(errors.values(), key=lambda e: e.timestamp))  # the first to fail is the cause
+        return _raised(min(errors.values(), key=lambda e: e.timestamp))
     if root:
         return f"rank {root[0]} exited with code {root[1]}.\n\n" + tail[-3000:]
     return f"the launcher exited with code {rc}.\n\n" + tail[-3000:]
