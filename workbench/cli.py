@@ -234,6 +234,8 @@ def cmd_prune(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     from workbench.serve import make_server
 
+    if args.max_batch < 1 or args.batch_wait_ms < 0:
+        return _fail("--max-batch must be at least 1 and --batch-wait-ms at least 0")
     try:
         path = _finished_run(args.run, args.runs_dir)
         server = make_server(path, args.port, batch_wait_ms=args.batch_wait_ms, max_batch=args.max_batch,

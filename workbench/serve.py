@@ -183,6 +183,7 @@ class Handler(BaseHTTPRequestHandler):
 
     server: ModelServer
     protocol_version = "HTTP/1.1"  # keep-alive: a client's requests reuse one connection
+    timeout = 60  # seconds a connection may sit silent (or send slowly) before it is closed
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (the base class's name)
         if self.server.verbose:
