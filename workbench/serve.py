@@ -18,8 +18,8 @@ integers in [0, vocab), a length above ``model.seq_len`` or a batch above ``max_
 message naming what was wrong; the server never dies of a request.
 
 Batching: with ``batch_wait_ms > 0`` a single model thread collects the requests that arrive within that window
-(up to ``max_batch`` rows), runs the sequences of equal length as one forward pass and hands each request its
-rows back. Without it each request runs its own forward pass, one at a time (a lock: concurrent forwards on
+(up to ``max_batch`` rows; it waits only while other requests are in flight, so a lone client pays nothing),
+runs the sequences of equal length as one forward pass and hands each request its rows back. Without it each request runs its own forward pass, one at a time (a lock: concurrent forwards on
 the same CPU cores only fight over them). ``benchmarks/serve.py`` measures both.
 """
 
@@ -128,6 +128,7 @@ class Runner:
         self.lock = threading.Lock()
         self.queue: queue.Queue[tuple[torch.Tensor, Future]] = queue.Queue()
         self.batches = 0  # forward passes run (the batching's effect: fewer than requests)
+        self.inflight = 0  # requests handed to the batcher and not answered yet
         if self.batch_wait_s > 0:
             threading.Thread(target=self.batch_loop, name="workbench-serve-batcher", daemon=True).start()
 
@@ -137,15 +138,22 @@ class Runner:
                 self.batches += 1
                 return self.served.forward(x)
         fut: Future = Future()
-        self.queue.put((x, fut))
-        return fut.result()
+        with self.lock:
+            self.inflight += 1
+        try:
+            self.queue.put((x, fut))
+            return fut.result()
+        finally:
+            with self.lock:
+                self.inflight -= 1
 
     def collect(self) -> list[tuple[torch.Tensor, Future]]:
-        """The first waiting request, then whatever arrives within the window, up to max_batch rows."""
+        """The first waiting request, then whatever arrives within the window, up to max_batch rows. The window is
+        waited out only while other requests are in flight: a lone client is not kept waiting for company."""
         items = [self.queue.get()]
         rows = items[0][0].shape[0]
         deadline = time.monotonic() + self.batch_wait_s
-        while rows < self.max_batch and (left := deadline - time.monotonic()) > 0:
+        while rows < self.max_batch and len(items) < self.inflight and (left := deadline - time.monotonic()) > 0:
             try:
                 item = self.queue.get(timeout=left)
             except queue.Empty:
@@ -184,6 +192,7 @@ class Handler(BaseHTTPRequestHandler):
     server: ModelServer
     protocol_version = "HTTP/1.1"  # keep-alive: a client's requests reuse one connection
     timeout = 60  # seconds a connection may sit silent (or send slowly) before it is closed
+    disable_nagle_algorithm = True  # headers and body go out as two writes: without it, delayed ACKs add ~40 ms
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (the base class's name)
         if self.server.verbose:
@@ -240,6 +249,7 @@ class ModelServer(ThreadingHTTPServer):
     """The HTTP server: a thread per connection, the model behind a Runner."""
 
     daemon_threads = True
+    request_queue_size = 128  # the listen backlog (socketserver's default 5 resets bursts of new connections)
 
     def __init__(self, runner: Runner, port: int = 8080, max_body_bytes: int = MAX_BODY_BYTES, verbose: bool = False):
         self.runner = runner
