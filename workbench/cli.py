@@ -242,6 +242,31 @@ def cmd_prune(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from workbench.serve import make_server
+
+    if args.max_batch < 1 or args.batch_wait_ms < 0:
+        return _fail("--max-batch must be at least 1 and --batch-wait-ms at least 0")
+    try:
+        path = _finished_run(args.run, args.runs_dir)
+        server = make_server(path, args.port, batch_wait_ms=args.batch_wait_ms, max_batch=args.max_batch,
+                             verbose=args.verbose)  # fmt: skip
+    except (FileNotFoundError, ModuleNotFoundError, ValueError, TypeError) as e:
+        return _fail(str(e))
+    except OSError as e:  # the port is taken
+        return _fail(f"cannot listen on 127.0.0.1:{args.port} ({e}); choose another --port")
+    s = server.runner.served
+    print(f"serving {path} ({s.task}) on {server.url}: GET /healthz, POST /v1/logits"
+          + (", POST /v1/classify" if s.task == "classify" else "") + "; Ctrl-C stops", flush=True)  # fmt: skip
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="workbench", description="Learn and tune how large models are trained.")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -319,6 +344,16 @@ def main(argv: list[str] | None = None) -> int:
     pr.add_argument("--batch-size", type=int, default=None, help="batch timed for latency (default micro_batch_size)")
     pr.add_argument("--runs-dir", default="runs")
     pr.set_defaults(fn=cmd_prune)
+
+    sv = sub.add_parser("serve", help="serve a finished run's model over HTTP on 127.0.0.1 (logits, classify)")
+    sv.add_argument("run", help="run folder, or a run name in --runs-dir")
+    sv.add_argument("--port", type=int, default=8080)
+    sv.add_argument("--batch-wait-ms", type=float, default=0.0,
+                    help="batch the requests arriving within this many ms into one forward pass (default 0: off)")  # fmt: skip
+    sv.add_argument("--max-batch", type=int, default=64, help="most sequences in one request or one batch")
+    sv.add_argument("--verbose", action="store_true", help="log every request")
+    sv.add_argument("--runs-dir", default="runs")
+    sv.set_defaults(fn=cmd_serve)
 
     args = p.parse_args(argv)
     return args.fn(args)
