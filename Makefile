@@ -28,10 +28,10 @@ lint: dev
 	$(BIN)/ruff format --check .
 
 # The venv's bin on PATH: tests and notebooks call the `workbench` and `accelerate` commands, as a user would.
-# Two pytest workers, one file each at a time (module fixtures stay shared): most of a multi-process test is
-# spent starting processes and waiting on them, so two files side by side fill the second core.
+# Three pytest workers, one file each at a time (module fixtures stay shared): much of a multi-process test is
+# spent starting processes and waiting on them, so files side by side keep both cores busy.
 test: lint
-	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -q -n 2 --dist loadfile tests --nbval-lax notebooks
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -q -n 3 --dist loadfile tests --nbval-lax notebooks
 
 format: dev
 	$(BIN)/ruff check --fix .
