@@ -6,6 +6,7 @@ import argparse
 import os
 import subprocess
 import sys
+from typing import Any
 
 from workbench import checkpoints
 from workbench.config import ConfigError, RunConfig
@@ -268,9 +269,22 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    return args.fn(args)
+
+
+def parser() -> argparse.ArgumentParser:
+    """The `workbench` command: one sub-command per verb, grouped by what it acts on."""
     p = argparse.ArgumentParser(prog="workbench", description="Learn and tune how large models are trained.")
     sub = p.add_subparsers(dest="cmd", required=True)
+    _run_commands(sub)
+    _plan_commands(sub)
+    _model_commands(sub)
+    return p
 
+
+def _run_commands(sub: Any) -> None:
+    """train, demo, runs, stop: start and follow runs."""
     t = sub.add_parser("train", help="launch a run from a YAML config and follow it")
     t.add_argument("config")
     t.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a key, e.g. --set precision=bf16")
@@ -295,6 +309,9 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--timeout", type=float, default=120)
     s.set_defaults(fn=cmd_stop)
 
+
+def _plan_commands(sub: Any) -> None:
+    """plan, tensorboard, scale-out: look at a config or its runs without training."""
     pl = sub.add_parser("plan", help="memory per rank, FLOPs, time and communication of a config, without running it")
     pl.add_argument("config")
     pl.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a key, e.g. --set precision=bf16")
@@ -322,6 +339,9 @@ def main(argv: list[str] | None = None) -> int:
     so.add_argument("--device", choices=["cuda", "cpu"], default="cuda")
     so.set_defaults(fn=cmd_scale_out)
 
+
+def _model_commands(sub: Any) -> None:
+    """export, quantize, prune, serve: a finished run's model."""
     ex = sub.add_parser("export", help="export a finished run's model to ONNX and check it with onnxruntime")
     ex.add_argument("run", help="run folder, or a run name in --runs-dir")
     ex.add_argument("--onnx", action="store_true", help="ONNX (the default and, for now, only format)")
@@ -354,9 +374,6 @@ def main(argv: list[str] | None = None) -> int:
     sv.add_argument("--verbose", action="store_true", help="log every request")
     sv.add_argument("--runs-dir", default="runs")
     sv.set_defaults(fn=cmd_serve)
-
-    args = p.parse_args(argv)
-    return args.fn(args)
 
 
 if __name__ == "__main__":
