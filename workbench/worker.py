@@ -399,7 +399,9 @@ class Trainer:
         # profiled steps, and a compiled run's first step (compile_s), stay out of tokens/s
         timed, dt = self.profiler.timed(n - self.untimed, dt)
         tps = timed * cfg.tokens_per_step / dt if timed > 0 else 0.0
-        above = float(self.peak is not None and self.flops_per_token * tps / self.world > self.peak)
+        # only a measured (CPU) peak can be wrong by measurement; a data sheet's is what it is (MFU then absent)
+        measured_peak = self.peak is not None and acc.device.type == "cpu"
+        above = float(measured_peak and self.flops_per_token * tps / self.world > self.peak)
         flags = torch.tensor([stop_asked, above], device=acc.device)
         stats = acc.reduce(torch.cat([torch.stack([self.loss_sum, self.loss_n, self.gn_sum]), flags]), reduction="sum")
         if float(stats[4]) > 0:  # every rank sees the same sum, so every rank joins the re-measurement
@@ -437,9 +439,8 @@ class Trainer:
         held the cores, say). Measure it again now, record that it happened, and trust only the new figure; a
         model FLOP/s above even that leaves MFU out (telemetry.mfu) rather than report more than 100%."""
         old = self.peak
-        if self.acc.device.type == "cpu":
-            self.peak, facts = resolve_peak(self.cfg, self.acc, refresh=True)
-            self.effective.update(facts)
+        self.peak, facts = resolve_peak(self.cfg, self.acc, refresh=True)
+        self.effective.update(facts)
         self.peak_remeasured.append({"step": self.step, "old": old, "new": self.peak})
         if self.main:
             write_status(self.run_dir, peak_remeasured=self.peak_remeasured, effective=self.effective)
