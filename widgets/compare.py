@@ -7,6 +7,10 @@
 The table has one row per run: the config keys whose values differ between the selected runs (named as in
 the YAML file), then the final metrics from ``Run.summary()``. Sort it by any column. The curves use the
 dashboard's smoothing (debiased EMA, raw points faint) and downsampling (<= 2,000 points per trace).
+
+Selected runs that were profiled (``profile_steps: N``) are also put side by side inside a step: their per-rank
+breakdowns as stacked bars (``profile_fig``) and their step timelines on one time axis (``timeline_fig``), e.g.
+ddp next to zero3, or gpipe next to 1f1b (widgets/timeline.py).
 """
 
 from __future__ import annotations
@@ -24,6 +28,8 @@ from widgets.controls import flat
 from widgets.downsample import MAX_POINTS, lttb, minmax
 from widgets.figures import COLORS, FIGURE_WIDTH
 from widgets.smoothing import ema
+from widgets.timeline import breakdown_figure, timeline_figure
+from workbench.profiling import load_profile
 from workbench.runs import Run, list_runs
 
 METRIC_COLUMNS = ("status", "steps", "final_loss", "best_eval_loss", "tokens_per_s", "mfu", "peak_mem_bytes")
@@ -58,7 +64,9 @@ def _sort_key(v: Any) -> tuple:
 class Compare(W.VBox):
     """Pick runs, overlay their loss curves (by step or by tokens), and a sortable table of what differs.
 
-    ``rows``: the table as dicts (sorted); ``columns``: its columns; ``loss_fig``: the overlay figure.
+    ``rows``: the table as dicts (sorted); ``columns``: its columns; ``loss_fig``: the overlay figure;
+    ``profiles``: the profile summaries of the selected runs that have one (by run name), drawn side by side in
+    ``profile_fig`` (stacked bars per run and rank) and ``timeline_fig`` (one row per run and rank).
     """
 
     def __init__(
@@ -95,6 +103,12 @@ class Compare(W.VBox):
             )
         )
         self.table_html = W.HTML()
+        self.profiles: dict[str, dict[str, Any]] = {}
+        self.profile_fig = go.FigureWidget(breakdown_figure({}))
+        self.profile_fig.layout.width = 2 * FIGURE_WIDTH
+        self.timeline_fig = go.FigureWidget(timeline_figure({}))
+        self.timeline_fig.layout.width = 2 * FIGURE_WIDTH
+        self.profile_box = W.VBox([self.profile_fig, self.timeline_fig], layout=W.Layout(display="none"))
         self._quiet = False
         self.picker.observe(lambda _: None if self._quiet else self.redraw(), names="value")
         for c in (self.x_axis, self.smoothing, self.log_y):
@@ -102,7 +116,8 @@ class Compare(W.VBox):
         for c in (self.sort_by, self.descending):
             c.observe(lambda _: self._draw_table(), names="value")
         top = W.HBox([self.picker, W.VBox([self.refresh_button, self.x_axis, self.smoothing, self.log_y])])
-        super().__init__([top, self.loss_fig, W.HBox([self.sort_by, self.descending]), self.table_html])
+        table = W.HBox([self.sort_by, self.descending])
+        super().__init__([top, self.loss_fig, table, self.table_html, self.profile_box])
         if runs:
             for r in runs:
                 path = r.path if isinstance(r, Run) else os.path.abspath(r)
@@ -187,6 +202,24 @@ class Compare(W.VBox):
         self._draw_curves()
         self._build_rows()
         self._draw_table()
+        self.draw_profiles()
+
+    def draw_profiles(self) -> None:
+        """The selected runs' profile summaries side by side (hidden when none of them was profiled)."""
+        labels = {p: label for label, p in self.picker.options}
+        loaded = {labels.get(p, os.path.basename(p)): load_profile(p) for p in self.picker.value}
+        self.profiles = {name: s for name, s in loaded.items() if s is not None}
+        for fig, new in ((self.profile_fig, breakdown_figure(self.profiles)),
+                         (self.timeline_fig, timeline_figure(self.profiles))):  # fmt: skip
+            with fig.batch_update():
+                fig.data = []
+                fig.layout.shapes = []
+                fig.add_traces(list(new.data)) if new.data else None
+                fig.layout.shapes = new.layout.shapes
+                fig.layout.xaxis = new.layout.xaxis
+                fig.layout.yaxis = new.layout.yaxis
+                fig.layout.height = new.layout.height
+        self.profile_box.layout.display = None if self.profiles else "none"
 
     def _draw_curves(self) -> None:
         paths = list(self.picker.value)

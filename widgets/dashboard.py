@@ -17,6 +17,8 @@ How the data flows, and why:
   before downsampling; the raw series stays faint underneath.
 - What does not change from step to step is not a time series: the communication payload per optimizer step
   is fixed by the layout, so it is one bar per rank (the last step's bytes), with its range if it ever moved.
+- A run with ``profile_steps: N`` writes profile/summary.json once its profiled steps are done; the dashboard
+  then shows the step timeline and the per-rank breakdown below the figures (widgets/timeline.py).
 """
 
 from __future__ import annotations
@@ -37,6 +39,8 @@ from widgets.figures import COLORS, FIGURE_WIDTH, STATE_COLORS, RunStore, as_flo
 from widgets.fmt import fmt_bytes, fmt_duration
 from widgets.smoothing import EMA
 from widgets.tensorboard import TensorBoardButton
+from widgets.timeline import breakdown_figure, timeline_figure
+from workbench.profiling import load_profile
 from workbench.runs import TERMINAL, Run
 
 
@@ -45,7 +49,8 @@ class Dashboard(W.VBox):
     grad norm, and communication bytes when the run reports them; status, elapsed time, ETA, Stop, TensorBoard.
 
     The plotly figures are attributes (``loss_fig``, ``throughput_fig``, ``memory_fig``, ``lr_fig``,
-    ``grad_norm_fig``, ``comm_fig``). ``set_run(run)`` points the dashboard at another run.
+    ``grad_norm_fig``, ``comm_fig``; ``timeline_fig`` and ``breakdown_fig`` once a profiled run has written its
+    profile summary). ``set_run(run)`` points the dashboard at another run.
     """
 
     MAX_REDRAWS_PER_S = 5.0
@@ -88,7 +93,9 @@ class Dashboard(W.VBox):
         grid = self._build_figures()
         header = W.HBox([self.status_html, self.stop_button, self.tensorboard], layout=W.Layout(align_items="center"))
         controls = W.HBox([self.x_axis, self.smoothing, self.log_y], layout=W.Layout(align_items="center"))
-        super().__init__([header, self.error_html, controls, grid])
+        self.profile: dict[str, Any] | None = None  # the run's profile/summary.json, once written
+        self.profile_box = W.VBox([], layout=W.Layout(display="none"))
+        super().__init__([header, self.error_html, controls, grid, self.profile_box])
         if run is not None:
             self.set_run(run)
 
@@ -151,6 +158,7 @@ class Dashboard(W.VBox):
             self._ema = {}
             self._pending_times = []
             self._max_steps = None
+            self.show_profile(None)
             try:
                 self._max_steps = int(run.config.max_steps)
             except Exception:
@@ -345,10 +353,13 @@ class Dashboard(W.VBox):
             fig.add_trace(line(f"rank {r}", COLORS[r % len(COLORS)]))
 
     def update_status(self) -> None:
-        """Status line: state, step / max_steps, elapsed, ETA; the worker's error text when it failed."""
+        """Status line: state, step / max_steps, elapsed, ETA; the worker's error text when it failed. The step
+        timeline too, once the run's profile summary appears."""
         if self.run is None:
             self.status_html.value = "<b>no run</b>"
             return
+        if self.profile is None:
+            self.show_profile(load_profile(self.run.path))
         state = self.run.status
         info = self.run.info
         s = self._store
@@ -401,6 +412,25 @@ class Dashboard(W.VBox):
             if running
             else f"the run has {state}: nothing to stop"
         )
+
+    def show_profile(self, summary: dict[str, Any] | None) -> None:
+        """Show a profile summary (profile/summary.json) as the step timeline and the per-rank breakdown; None hides
+        them. The dashboard calls it itself when the run's summary appears."""
+        self.profile = summary
+        if summary is None:
+            self.profile_box.children = []
+            self.profile_box.layout.display = "none"
+            return
+        self.timeline_fig = go.FigureWidget(timeline_figure(summary))
+        self.timeline_fig.layout.width = 2 * FIGURE_WIDTH
+        self.breakdown_fig = go.FigureWidget(breakdown_figure(summary))
+        self.breakdown_fig.layout.width = FIGURE_WIDTH
+        steps = summary["ranks"][0]["steps"] if summary.get("ranks") else 0
+        title = W.HTML(f"<b>inside a step</b>: {steps} profiled optimizer steps per rank; "
+                       f"traces in <code>{html.escape(os.path.join(self.run.path, 'profile'))}</code> (Perfetto, "
+                       "chrome://tracing)" if self.run is not None else "<b>inside a step</b>")  # fmt: skip
+        self.profile_box.children = [title, self.timeline_fig, self.breakdown_fig]
+        self.profile_box.layout.display = None
 
     @property
     def status(self) -> str:
