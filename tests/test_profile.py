@@ -114,6 +114,11 @@ def test_profiled_run(tmp_path, quickstart):
         assert s["steps"] == 2 and s["compute_ms"] > 0 and s["comm_ms"] > 0
         assert s["comm_exposed_ms"] <= s["comm_ms"] + 1e-9
         assert s["compute_ms"] + s["data_ms"] + s["comm_exposed_ms"] + s["idle_ms"] <= s["step_ms"] * 1.0001
+    from widgets.timeline import breakdown_figure, timeline_figure  # the dashboard's view of this real summary
+
+    kinds = {t.name for t in timeline_figure(summary).data}
+    assert {"forward", "backward", "optimizer", "all_reduce"} <= kinds, kinds
+    assert len(breakdown_figure(summary).data[0].y) == 2
     events = run.metrics()
     assert "tokens_per_s" not in events[0] or events[0]["tokens_per_s"] > 0  # steps 3-4 profiled: out of tokens/s
     assert all(e["tokens_per_s"] > 0 for e in events[1:])
