@@ -37,7 +37,14 @@ def pytest_configure(config):
     session's own, so tests never read or write the user's ~/.cache/workbench, and the CPU's fp32 matmul peak
     measured there while the machine is still quiet. Measured later, while two test workers train side by
     side, the peak would read low and every MFU would be left out (workbench/plan/devices.py)."""
-    if hasattr(config, "workerinput") or os.environ.get("WORKBENCH_CACHE_DIR"):
+    if hasattr(config, "workerinput"):
+        return
+    # One thread per process, inherited by the test workers, notebook kernels and every rank they launch: the
+    # suite runs several of them at once on the machine's few cores, and OpenMP threads that outnumber the cores
+    # spin while they wait for each other (measured on 2 cores under load: a 20-step 1-process quickstart run,
+    # 14.1 s of CPU with 2 threads against 3.3 s with 1). Ranks follow it: launch() keeps a caller's count.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    if os.environ.get("WORKBENCH_CACHE_DIR"):
         return
     import tempfile
 

@@ -46,6 +46,24 @@ def test_sweep_refuses_a_bad_grid_before_starting_anything(quickstart, workdir):
     assert not os.path.exists("runs")  # nothing launched
 
 
+def test_concurrent_cpu_runs_share_the_cores(quickstart, monkeypatch):
+    """Runs side by side divide the cores (oversubscribed OpenMP threads spin), and a count the caller set wins."""
+    from workbench.launch import accelerate_command
+    from workbench.sweep import cpu_threads
+
+    cpu = quickstart.override({"device": "cpu", "parallel.num_processes": 1})
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert cpu_threads(cpu, 2) == 4 and cpu_threads(cpu.override({"parallel.num_processes": 2}), 2) == 2
+    assert cpu_threads(cpu, 16) == 1  # never below one
+    assert accelerate_command(cpu, "config.yaml", 29500)[1]["OMP_NUM_THREADS"] == "8"  # alone: every core
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert cpu_threads(cpu, 2) is None  # the caller's choice stands
+    assert accelerate_command(cpu, "config.yaml", 29500)[1]["OMP_NUM_THREADS"] == "3"
+    with pytest.raises(ConfigError, match="threads_per_process"):
+        wb.launch(cpu, threads_per_process=0)
+
+
 def test_hparams_dict_is_flat_and_scalar(quickstart):
     h = hparams_dict(quickstart)
     assert h["optimizer.lr"] == quickstart.optimizer.lr and h["parallel.num_processes"] == 2

@@ -24,7 +24,7 @@ import threading
 import time
 from typing import Any
 
-from workbench.config import ConfigError, Problem, RunConfig
+from workbench.config import ConfigError, Problem, RunConfig, detected_devices, effective_device
 from workbench.runs import Run, write_status
 from workbench.telemetry import hparams_dict, value_str
 
@@ -102,8 +102,6 @@ class Sweep(list):
 def gpus_per_run(configs: list[RunConfig], parallel_runs: int, problems: list[Problem]) -> int:
     """GPUs each concurrent slot gets (0 on CPU): runs that train at the same time get disjoint GPUs, so
     parallel_runs x the largest num_processes must fit the machine's GPUs (else a problem is added)."""
-    from workbench.config import detected_devices, effective_device
-
     if not configs or effective_device(configs[0]) != "cuda":
         return 0
     per_run, have = max(c.parallel.num_processes for c in configs), detected_devices().count
@@ -112,6 +110,15 @@ def gpus_per_run(configs: list[RunConfig], parallel_runs: int, problems: list[Pr
                                 f"{parallel_runs * per_run} GPUs, this machine has {have}: use parallel_runs "
                                 f"<= {max(1, have // per_run)}"))  # fmt: skip
     return per_run
+
+
+def cpu_threads(cfg: RunConfig, parallel_runs: int) -> int | None:
+    """Threads per rank when parallel_runs CPU runs train side by side: the cores shared out among all their
+    processes (each run alone would take them all, and oversubscribed OpenMP threads spin). None: on GPUs, or
+    when the caller chose OMP_NUM_THREADS."""
+    if effective_device(cfg) != "cpu" or "OMP_NUM_THREADS" in os.environ:
+        return None
+    return max(1, (os.cpu_count() or 1) // (cfg.parallel.num_processes * parallel_runs))
 
 
 def sweep(base_cfg: RunConfig, grid: dict[str, list[Any]], parallel_runs: int = 1, overwrite: bool = False) -> Sweep:
@@ -157,7 +164,7 @@ def sweep(base_cfg: RunConfig, grid: dict[str, list[Any]], parallel_runs: int = 
             slot = next(i for i in range(parallel_runs) if i not in slots or not busy(slots[i]))
             ids = list(range(slot * per_run, slot * per_run + cfg.parallel.num_processes)) if per_run else None
             try:
-                active.append(launch(cfg, gpu_ids=ids))
+                active.append(launch(cfg, gpu_ids=ids, threads_per_process=cpu_threads(cfg, parallel_runs)))
                 slots[slot] = active[-1]
             except Exception as e:  # one point that cannot start must not stop the others
                 os.makedirs(run.path, exist_ok=True)
