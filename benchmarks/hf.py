@@ -171,7 +171,7 @@ def main() -> None:
     loads = [r[k] for r in train["runs"] for k in ("load_before", "load_between", "load_after")]
     print(f"\ntiny Llama, 2 processes, fp32, {args.steps} steps (window {args.warmup}..{args.steps}), "
           f"{args.repeats} alternating repeats, load average {min(loads)}-{max(loads)}\n")  # fmt: skip
-    print("| workbench tokens/s | bare Accelerate tokens/s | median ratio | BPE training | tokenize + pack |")
+    print("| workbench tokens/s (median) | bare Accelerate tokens/s (median) | ratio (median of the repeats' ratios) | BPE training | tokenize + pack |")  # fmt: skip
     print("|---:|---:|---:|---:|---:|")
     print(f"| {train['median_workbench']:,.0f} | {train['median_bare']:,.0f} | {train['median_ratio']:.3f} | "
           f"{data['bpe_train_s']:.2f} s for {data['bpe_train_mb']:.2f} MB | {data['tokenize_pack_mb_per_s']:.2f} MB/s |")  # fmt: skip
