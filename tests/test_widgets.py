@@ -159,6 +159,8 @@ def test_panel_sizes_come_from_the_plan_without_torch(quickstart):
         f"p = ConfigPanel(wb.RunConfig.from_yaml({QUICKSTART_YAML!r}), devices=DeviceInfo('cpu', 2, 'cpu'))\n"
         "p.controls['model.n_layer'].value = 3\n"
         "assert p.derived['num_params'] == p.plan.num_params and p.derived['flops_per_token'] == p.plan.flops_per_token\n"
+        "p.controls['model.arch'].value = 'hf:llama'\n"
+        "assert p.problems == [] and p.derived['num_params'] == p.plan.num_params\n"
         "print(sorted(m for m in ('torch', 'workbench.models.gpt') if m in sys.modules))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
@@ -738,3 +740,67 @@ def test_a_mapping_key_round_trips_through_its_control(quickstart):
     assert panel.config.model.hf_config == {"num_key_value_heads": 2, "intermediate_size": 172}
     panel.controls["model.hf_config"].value = "[1, 2]"
     assert any(p.key == "model.hf_config" for p in panel.problems)
+
+
+def test_panel_offers_model_families_and_data_sources(quickstart, workdir):
+    """model.arch: the reference GPT, the Hugging Face types, a local folder or your own model; data.source with
+    the keys that apply to it; validation and the (torch-free) plan follow as they do for the GPT."""
+    from workbench.models.hf_config import HF_TYPES
+    from workbench.models.shapes import shape_of
+
+    panel = ConfigPanel(quickstart, devices=CPU2)
+    arch, ctrl = panel.controls["model.arch"], panel.controls
+    assert list(arch.options) == ["gpt", *(f"hf:{t}" for t in HF_TYPES)]
+    assert "reference GPT" in panel.notes["model.arch"].value
+    assert ctrl["model.hf_config"].disabled and "used when model.arch is hf:*" in panel.notes["model.hf_config"].value
+    assert ctrl["task.kind"].buttons["mlm"].disabled  # an encoder's task
+    arch.value = "hf:llama"
+    assert panel.problems == [] and not ctrl["model.hf_config"].disabled
+    assert "Hugging Face llama" in panel.notes["model.arch"].value
+    assert panel.derived["num_params"] == shape_of(panel.config).num_params == panel.plan.num_params
+    strat = ctrl["parallel.strategy"]
+    assert (
+        strat.buttons["pp"].disabled and "Hugging Face" in strat.reasons["pp"] and not strat.buttons["zero3"].disabled
+    )
+    arch.value = "hf:bert"  # quickstart's task.kind lm: refused under the key, the option disabled with why
+    assert [p.key for p in panel.problems] == ["task.kind"] and ctrl["task.kind"].reasons[
+        "lm"
+    ] == "bert trains mlm or classify"
+    ctrl["task.kind"].buttons["mlm"].click()
+    assert panel.problems == [] and panel.config.task.kind == "mlm"
+
+    # data.source files: data.path, data.tokenizer, data.text_field apply (disabled, with the reason, before)
+    for key in ("data.path", "data.tokenizer", "data.text_field"):
+        assert ctrl[key].disabled and "used when data.source is" in panel.notes[key].value
+    ctrl["data.source"].value = "files"
+    assert not ctrl["data.tokenizer"].disabled and "tokenized by data.tokenizer" in panel.notes["data.source"].value
+    assert [p.key for p in panel.problems] == ["data.path"]
+    (workdir / "corpus.txt").write_text("def f(x):\n    return x\n\n" * 50)
+    ctrl["data.path"].value = str(workdir / "corpus.txt")
+    ctrl["data.tokenizer"].value = "bpe:512"
+    assert panel.problems == [] and panel.config.data.tokenizer == "bpe:512"
+    assert panel.plan.num_params == shape_of(panel.config).num_params  # the tokenizer's vocabulary: 512
+    assert shape_of(panel.config).vocab_size == 512
+
+    # a local save_pretrained folder, a Hub id (refused, offline alternatives), your own model
+    (workdir / "m").mkdir()
+    (workdir / "m" / "config.json").write_text(json.dumps({"model_type": "bert", "num_hidden_layers": 1}))
+    arch.value = f"hf:{workdir / 'm'}"
+    assert "Hugging Face bert from a local folder" in panel.notes["model.arch"].value and panel.problems == []
+    arch.value = "hf:google/bert-base"
+    assert "downloads nothing" in panel.messages["model.arch"].value and panel.launch_button.disabled
+    arch.value = "mymodel:build"
+    assert "your own model" in panel.notes["model.arch"].value
+
+
+def test_panel_plans_a_llama_3_8b_on_h100s_in_milliseconds(quickstart):
+    panel = ConfigPanel(quickstart, devices=H100x8)
+    big = {"model.n_layer": 32, "model.n_head": 32, "model.d_model": 4096, "model.seq_len": 8192,
+           "model.hf_config": {"num_key_value_heads": 8, "intermediate_size": 14336, "vocab_size": 128256},
+           "model.arch": "hf:llama", "parallel.num_processes": 8, "parallel.strategy": "zero3", "precision": "bf16",
+           "micro_batch_size": 1}  # fmt: skip
+    panel.set_config(quickstart.override(big))
+    panel.plan_device.value = "h100"
+    assert panel.plan.num_params == 8_030_261_248 and panel.plan.fits
+    panel.controls["micro_batch_size"].value = 2
+    assert panel.last_update_s < 0.5 and panel.plan.ranks[0].activation_bytes > 0

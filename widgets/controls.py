@@ -32,8 +32,9 @@ CHOICES = {
     "task.kind": "TASK_KINDS",
     "peft.method": "PEFT_METHODS",
 }
-# one of a few names, or an import string "pkg.module:factory"
+# one of a few names, or a name of the user's (an import string "pkg.module:factory", a model folder)
 OPEN_CHOICES = {"model.arch": "ARCHS", "data.source": "DATA_SOURCES"}
+PLACEHOLDERS = {"model.arch": "hf:<folder> or pkg.module:factory", "data.source": "or pkg.module:factory"}
 
 GROUPS = ("model", "data", "parallelism", "precision", "batch & accumulation", "optimizer", "fine-tuning", "run")
 _GROUP_OF_HEAD = {
@@ -57,6 +58,17 @@ _GROUP_OF_HEAD = {
 
 LABEL_W = "190px"
 CONTROL_W = "190px"
+
+
+def open_options(key: str, value: Any) -> list[str]:
+    """The options offered for an open-choice key. model.arch: the reference GPT, then every Hugging Face model
+    type the plan counts exactly (hf:llama, hf:mistral, ...; the list is models/hf_config.HF_TYPES)."""
+    from workbench.models.hf_config import HF_TYPES
+
+    opts = list(getattr(C, OPEN_CHOICES[key], (value,)))
+    if key == "model.arch":
+        opts += [f"hf:{t}" for t in HF_TYPES]
+    return opts
 
 
 def group_of(key: str) -> str:
@@ -199,9 +211,12 @@ def _special_control(key: str, value: Any, max_processes: int) -> tuple[W.Widget
     if key in CHOICES:
         return ChoiceButtons(tuple(getattr(C, CHOICES[key], (value,))), value), "choice"
     if key in OPEN_CHOICES:
-        opts = list(getattr(C, OPEN_CHOICES[key], (value,)))
         box = W.Combobox(
-            options=opts, value=value, ensure_option=False, placeholder="or pkg.module:factory", layout=lay
+            options=open_options(key, value),
+            value=value,
+            ensure_option=False,
+            placeholder=PLACEHOLDERS[key],
+            layout=lay,
         )
         return box, "str"
     if key == "model.n_head":  # its options follow model.d_model: head_options()

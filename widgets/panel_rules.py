@@ -15,13 +15,20 @@ import ipywidgets as W
 import workbench.config as C
 from widgets.controls import ChoiceButtons, get_key
 from widgets.problems_view import note_html
-from workbench.config import DeviceInfo, RunConfig
+from workbench.config import DeviceInfo, RunConfig, is_import_string
+from workbench.config.hf import FILE_KINDS, HF_REFUSED_STRATEGIES
+from workbench.models.hf_config import hf_source, hf_task_kinds, is_hf, model_type_of
 
-# keys that only matter under a setting other than the strategy: key -> (setting key, values)
+# keys that only matter under a setting other than the strategy: key -> (setting key, values); a value ending
+# in "*" matches every setting that starts with it ("hf:*": any Hugging Face model)
 _RELEVANT_OUTSIDE_PARALLEL = {
+    "model.hf_config": ("model.arch", ("hf:*",)),
     "data.vocab_size": ("data.source", ("synthetic",)),
     "data.num_sequences": ("data.source", ("synthetic",)),
-    "data.path": ("data.source", ("text",)),
+    "data.path": ("data.source", ("text", "files")),
+    "data.tokenizer": ("data.source", ("files",)),
+    "data.text_field": ("data.source", ("files",)),
+    "data.label_field": ("data.source", ("files",)),
     "task.num_labels": ("task.kind", ("classify",)),
     "peft.r": ("peft.method", ("lora",)),
     "peft.alpha": ("peft.method", ("lora",)),
@@ -43,6 +50,11 @@ def rules_from_specs(specs: Mapping[str, Any]) -> Rules:
     settings.update(_RELEVANT_OUTSIDE_PARALLEL)
     relevant = {k: (on, vals, f"used when {on} is {' or '.join(vals)}") for k, (on, vals) in settings.items()}
     return Rules(min_processes, relevant)
+
+
+def setting_matches(value: Any, values: tuple[str, ...]) -> bool:
+    """Whether a setting's value is one of `values` (an entry ending in "*" is a prefix)."""
+    return any(value == v or (v.endswith("*") and isinstance(value, str) and value.startswith(v[:-1])) for v in values)
 
 
 def strategy_rules() -> Rules:
@@ -74,8 +86,48 @@ def unavailable_options(cfg: RunConfig, devices: DeviceInfo, rules: Rules) -> di
             strategy[s] = f"needs >= {need} processes; this machine runs at most {most}"
         elif isinstance(n, int) and need > n:
             strategy[s] = f"needs parallel.num_processes >= {need}"
+        if is_hf(cfg.model.arch) and s in HF_REFUSED_STRATEGIES:
+            strategy[s] = f"not with a Hugging Face model: {HF_REFUSED_STRATEGIES[s]}"
     device = {} if dev.kind == "cuda" else {"cuda": "no CUDA GPU is visible on this machine"}
-    return {"precision": precision, "device": device, "parallel.strategy": strategy}
+    return {"precision": precision, "device": device, "parallel.strategy": strategy, "task.kind": task_kinds(cfg)}
+
+
+def task_kinds(cfg: RunConfig) -> dict[str, str]:
+    """task.kind options the model cannot train, and why (validate() says the same of a config that has one)."""
+    arch = cfg.model.arch
+    if not is_hf(arch):
+        return {"mlm": "masked-language pretraining trains an encoder: model.arch hf:bert"}
+    model_type = model_type_of(arch)
+    if model_type is None:
+        return {}
+    kinds = hf_task_kinds(model_type)
+    return {k: f"{model_type} trains {' or '.join(kinds)}" for k in C.TASK_KINDS if k not in kinds}
+
+
+def family_note(key: str, value: Any) -> str | None:
+    """What a model.arch or data.source value is (the model family, the data source), in words."""
+    if key == "model.arch":
+        if value == "gpt":
+            return "the reference GPT (nanoGPT style)"
+        if is_hf(value):
+            kind, name = hf_source(value)
+            if kind == "type":
+                return f"Hugging Face {name}: built from its config with random weights, offline; " \
+                    "model.hf_config sets any further field"  # fmt: skip
+            if kind == "folder":
+                return f"Hugging Face {model_type_of(value) or 'model'} from a local folder (from_pretrained)"
+            return None  # a Hub id or an unknown name: validation says what to do
+        if is_import_string(value):
+            return "your own model: build(cfg) -> nn.Module, imported from the launch folder"
+        return "gpt, hf:<model type>, hf:<folder> (a save_pretrained model) or pkg.module:factory"
+    notes = {
+        "synthetic": "the built-in language with a known entropy floor",
+        "text": "a text file of yours (data.path), byte level",
+        "files": f"your files (data.path: a path or glob of {', '.join(FILE_KINDS)}), tokenized by data.tokenizer",
+    }
+    if value in notes:
+        return notes[value]
+    return "your own data set: build(cfg, split) -> Dataset" if is_import_string(value) else None
 
 
 def processes_note(devices: DeviceInfo) -> str:
@@ -105,9 +157,11 @@ def show_availability(
         lines = [f"{o}: {r}" for o, r in unavailable.get(key, {}).items()]
         if key == "parallel.num_processes":
             lines.append(processes_note(devices))
+        if key in ("model.arch", "data.source"):
+            lines += [n for n in (family_note(key, get_key(cfg, key)),) if n]
         rel = rules.relevant_when.get(key)
         if rel is not None:
-            controls[key].disabled = get_key(cfg, rel[0]) not in rel[1] and key not in problem_keys
+            controls[key].disabled = not setting_matches(get_key(cfg, rel[0]), rel[1]) and key not in problem_keys
             if controls[key].disabled:
                 lines.append(rel[2])
         text = note_html(lines)

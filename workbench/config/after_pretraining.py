@@ -80,6 +80,9 @@ def validate_after_pretraining(cfg: RunConfig, c: Checker) -> None:
     ok_kind = c.need_choice("task.kind", t.kind, TASK_KINDS)
     ok_labels = c.need_int("task.num_labels", t.num_labels, 2, 1024)
     classify = ok_kind and t.kind == "classify"
+    if ok_kind and t.kind == "mlm" and not (isinstance(cfg.model.arch, str) and cfg.model.arch.startswith("hf:")):
+        P.append(Problem("task.kind", "mlm (masked-language pretraining) trains an encoder: set model.arch: hf:bert, "
+                         "or task.kind: lm for a decoder"))  # fmt: skip
     if classify:
         if cfg.data.source == "files" and not cfg.model.arch.startswith("hf:"):
             pass  # validate_files refuses it with its reason

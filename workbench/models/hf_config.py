@@ -17,11 +17,12 @@ max_position_embeddings). A Hub id (``hf:<org>/<name>``) is refused before launc
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from typing import TYPE_CHECKING, Any
 
-from workbench.models.shapes import TransformerShape
+from workbench.models.shapes import TransformerShape, numel
 
 if TYPE_CHECKING:
     from workbench.config import RunConfig
@@ -169,6 +170,29 @@ def _fields(cfg: RunConfig) -> tuple[str, dict[str, Any]]:
 
 
 def hf_shape(cfg: RunConfig) -> TransformerShape:
+    """The TransformerShape of the model ``workbench.models.hf`` builds (``_shape``), with the parameters one
+    token multiplies through, which the FLOPs per token count."""
+    model_type = model_type_of(cfg.model.arch) or "llama"
+    s = _shape(cfg)
+    return dataclasses.replace(s, flops_params=matmul_params(s, model_type, cfg.task.kind))
+
+
+def matmul_params(s: TransformerShape, model_type: str, task: str) -> int:
+    """The weights one token goes through in a matmul (what ``FlopCounterMode`` counts, 2 FLOPs each forward):
+    every block's Linear weights (not biases, norms or embedding tables: no matmul) and the task head's.
+    The LM heads (the causal one, BERT's masked-LM decoder with its dense transform) and a decoder's classifier
+    (transformers scores every position, then picks the last) run on every token; BERT's pooler and classifier
+    on the first token of each sequence only, so per token they count 1/seq_len."""
+    d, V = s.d_model, s.vocab_size
+    block = sum(numel(shape) for _, shape in s.block_tensors() if len(shape) == 2)
+    head = {"lm": V * d, "mlm": d * d + V * d}.get(task, 0)
+    if task == "classify":
+        nl = next(shape[0] for n, shape in s.extra if n == "score.weight")
+        head = round((d * d + nl * d) / s.seq_len) if model_type == "bert" else nl * d
+    return s.n_layer * block + head
+
+
+def _shape(cfg: RunConfig) -> TransformerShape:
     """The TransformerShape of the model ``workbench.models.hf`` builds for this config, task head included
     (causal LM head, BERT's masked-LM head, or a classifier and BERT's pooler): num_params is what
     transformers' ``num_parameters()`` reports."""
@@ -216,6 +240,4 @@ def hf_shape(cfg: RunConfig) -> TransformerShape:
 
 
 def _head(extra: list[tuple[str, tuple[int, ...]]]) -> int:
-    from workbench.models.shapes import numel
-
     return sum(numel(s) for n, s in extra if n.startswith(("score.", "pooler.")))

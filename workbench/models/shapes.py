@@ -110,6 +110,11 @@ class TransformerShape:
     # The parameters of a classification head already counted in `extra` (Hugging Face models); None: the
     # planner adds the reference classifier's own head on top (workbench/plan/finetuning.py).
     task_head_params: int | None = None
+    # The parameters one token multiplies through (Hugging Face models: every block's Linear weights and the
+    # task head's, biases, norms and embedding tables left out, a head applied to one token per sequence
+    # divided by seq_len): what torch.utils.flop_counter counts. None: nanoGPT's convention, num_params
+    # without the position table (the reference GPT's MFU).
+    flops_params: int | None = None
 
     def __post_init__(self) -> None:
         for name, value, allowed in (
@@ -214,7 +219,8 @@ class TransformerShape:
 
     def flops_per_token(self) -> int:
         """Model FLOPs per trained token (6N + 12·L·H·Q·T): what MFU counts."""
-        return flops_per_token(self.non_embedding_params, self.n_layer, self.n_head, self.q_dim, self.seq_len)
+        n = self.non_embedding_params if self.flops_params is None else self.flops_params
+        return flops_per_token(n, self.n_layer, self.n_head, self.q_dim, self.seq_len)
 
     # ---- tensor parallelism ----
 
