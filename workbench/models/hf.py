@@ -17,7 +17,14 @@ import torch
 import torch.nn as nn
 
 from workbench.data.files import PAD, offline
-from workbench.models.hf_config import hf_config_dict, hf_source, hf_task_kinds, model_type_of
+from workbench.models.hf_config import (
+    HF_TP_MODULES,
+    hf_config_dict,
+    hf_source,
+    hf_task_kinds,
+    hf_tp_plan,
+    model_type_of,
+)
 
 if TYPE_CHECKING:
     from workbench.config import RunConfig
@@ -42,6 +49,9 @@ class HFModel(nn.Module):
     def __init__(self, hf: nn.Module, task: str, pad_id: int, flops: int) -> None:
         super().__init__()
         self.hf, self.task, self.pad_id, self._flops = hf, task, pad_id, flops
+        model_type = getattr(hf.config, "model_type", None)
+        # One block's module path -> "colwise" | "rowwise" for parallel/tensor.py; None: tp refused (config/hf.py)
+        self.tp_plan_names = hf_tp_plan(model_type) if model_type in HF_TP_MODULES else None
 
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         kw: dict[str, Any] = {}

@@ -21,7 +21,7 @@ import json
 import os
 from typing import TYPE_CHECKING, Any
 
-from workbench.models.shapes import TransformerShape
+from workbench.models.shapes import TENSOR_PARALLEL_PLAN, TransformerShape
 
 if TYPE_CHECKING:
     from workbench.config import RunConfig
@@ -30,10 +30,13 @@ __all__ = [
     "DECODER_TYPES",
     "ENCODER_TYPES",
     "HF_TYPES",
+    "HF_TP_REFUSED",
     "hf_config_dict",
     "hf_shape",
     "hf_source",
     "hf_task_kinds",
+    "hf_tp_fields",
+    "hf_tp_plan",
     "is_hf",
 ]
 
@@ -76,6 +79,30 @@ HF_TYPES: dict[str, dict[str, Any]] = {
 }
 DECODER_TYPES = ("llama", "mistral", "qwen2", "gpt2")
 ENCODER_TYPES = ("bert",)
+
+# Tensor parallelism (parallel.strategy tp / dp_tp) on a Hugging Face model: the split is the reference GPT's
+# (models/shapes.py TENSOR_PARALLEL_PLAN, what the plan counts), and this maps its module paths onto the
+# type's own. Llama, Mistral and Qwen2 name their block modules alike (transformers' own base_model_tp_plan
+# of these types is this same split).
+_SWIGLU_MODULES = {
+    "attn.q": "self_attn.q_proj",
+    "attn.k": "self_attn.k_proj",
+    "attn.v": "self_attn.v_proj",
+    "attn.o": "self_attn.o_proj",
+    "mlp.gate": "mlp.gate_proj",
+    "mlp.up": "mlp.up_proj",
+    "mlp.down": "mlp.down_proj",
+}
+HF_TP_MODULES: dict[str, dict[str, str]] = {"llama": _SWIGLU_MODULES, "mistral": _SWIGLU_MODULES,
+                                            "qwen2": _SWIGLU_MODULES}  # fmt: skip
+# The types tensor parallelism refuses, and why.
+HF_TP_REFUSED = {
+    "gpt2": "GPT-2's blocks are Conv1D layers (weights stored (in, out), which DTensor's Colwise/Rowwise styles "
+    "do not take) and q, k, v fused into one c_attn matrix (a column split would hand a rank queries and keys "
+    "of different heads); use zero3 to split its memory",
+    "bert": "tensor parallelism is built for the decoders (llama, mistral, qwen2); use zero3 to split an encoder's "
+    "memory",
+}
 
 
 def is_hf(arch: Any) -> bool:
@@ -166,6 +193,21 @@ def _fields(cfg: RunConfig) -> tuple[str, dict[str, Any]]:
         if own in f:
             f[std] = f[own]
     return model_type, f
+
+
+def hf_tp_plan(model_type: str) -> dict[str, str]:
+    """The type's module path inside one block -> "colwise" | "rowwise" (what ``parallelize_module`` takes)."""
+    names = HF_TP_MODULES[model_type]
+    return {names[k]: style for k, style in TENSOR_PARALLEL_PLAN["swiglu"].items()}
+
+
+def hf_tp_fields(cfg: RunConfig) -> dict[str, int]:
+    """The config fields tensor parallelism divides, under the type's own names, as the model is built:
+    query heads, key/value heads and the MLP's hidden units (a folder's config.json included)."""
+    model_type, f = _fields(cfg)
+    heads = f["num_attention_heads"]
+    return {"num_attention_heads": heads, "num_key_value_heads": f.get("num_key_value_heads") or heads,
+            "intermediate_size": f.get("intermediate_size") or 0}  # fmt: skip
 
 
 def hf_shape(cfg: RunConfig) -> TransformerShape:
