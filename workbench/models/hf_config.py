@@ -234,9 +234,11 @@ def hf_shape(cfg: RunConfig) -> TransformerShape:
                           ("mlm.ln.bias", (d,)), ("mlm.decoder.bias", (V,))]  # fmt: skip
         elif task == "classify":
             extra = [("score.weight", (nl, d))]
-        return TransformerShape(**common, d_ff=ff, max_positions=P, kind="encoder" if model_type == "bert" else "decoder",
-                                final_norm=model_type == "gpt2", tied_head=True if task == "classify" else tied,
-                                extra=tuple(extra), task_head_params=_head(extra) if task == "classify" else None)  # fmt: skip
+        gpt2 = model_type == "gpt2"
+        return TransformerShape(**common, d_ff=ff, max_positions=P, kind="decoder" if gpt2 else "encoder",
+                                final_norm=gpt2, tied_head=True if task == "classify" else tied, conv1d=gpt2,
+                                fused_qkv=gpt2, extra=tuple(extra),
+                                task_head_params=_head(extra) if task == "classify" else None)  # fmt: skip
     # llama, mistral, qwen2: RMSNorm, SwiGLU, rotary positions, grouped-query attention
     bias = bool(f.get("attention_bias", False))
     extra = [("score.weight", (nl, d))] if task == "classify" else []
