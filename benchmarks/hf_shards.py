@@ -34,8 +34,12 @@ MODELS = {
     "gpt2 classify": {"model.arch": "hf:gpt2", "task.kind": "classify", "model.hf_config": {"pad_token_id": 1}},
     "bert mlm": {"model.arch": "hf:bert", "task.kind": "mlm", "model.hf_config": {"intermediate_size": 77}},
     "bert classify": {"model.arch": "hf:bert", "task.kind": "classify", "model.hf_config": {"type_vocab_size": 3}},
-    "llama lm": {"model.arch": "hf:llama", "model.n_head": 3, "model.d_model": 48,
-                 "model.hf_config": {"num_key_value_heads": 1, "intermediate_size": 77}},  # fmt: skip
+    "llama lm": {
+        "model.arch": "hf:llama",
+        "model.n_head": 3,
+        "model.d_model": 48,
+        "model.hf_config": {"num_key_value_heads": 1, "intermediate_size": 77},
+    },  # fmt: skip
 }
 
 

@@ -9,6 +9,7 @@ import pytest
 import workbench as wb
 from workbench.config import RunConfig
 from workbench.data.files import stdlib_corpus
+from workbench.models.shapes import shape_of
 from workbench.plan.memory import chunk
 
 TINY = {"model.n_layer": 2, "model.n_head": 4, "model.d_model": 64, "model.seq_len": 32, "model.dropout": 0.0,
@@ -28,6 +29,10 @@ def build(cfg: RunConfig):
 
 def plan_bytes(cfg: RunConfig) -> list[tuple[int, int, int]]:
     return [(r.param_bytes, r.grad_bytes, r.optimizer_bytes) for r in wb.plan(cfg, device="cpu").ranks]
+
+
+def buffers(model) -> int:
+    return sum(b.numel() * b.element_size() for b in model.buffers())
 
 
 def adamw(elements: int, tensors: int) -> int:
@@ -71,7 +76,9 @@ def test_zero3_plan_is_fsdp2s_dim0_chunks(arch, task, extra):
     benchmarks/hf_shards.py prints measured == planned for these four models."""
     cfg = RunConfig().override({**ODD, "model.arch": arch, "task.kind": task, "task.num_labels": 3,
                                 "model.hf_config": extra, "parallel.strategy": "zero3"})  # fmt: skip
-    params = list(dict.fromkeys(build(cfg).parameters()))
+    model = build(cfg)
+    params = list(dict.fromkeys(model.parameters()))
+    assert shape_of(cfg).buffer_bytes == buffers(model)  # BERT's position and token-type ids; GPT-2 none
     for rank, (p, g, o) in enumerate(plan_bytes(cfg)):
         local = sum(chunk(t.shape[0], 2, rank) * t[0].numel() for t in params)
         assert (p, g, o) == (4 * local, 4 * local, adamw(local, len(params)))
@@ -86,6 +93,7 @@ def test_tp_plan_is_the_colwise_rowwise_split(arch, extra):
     cfg = RunConfig().override({**TINY, "model.arch": arch, "model.hf_config": extra,
                                 "parallel.strategy": "tp", "parallel.tp_size": 2})  # fmt: skip
     model = build(cfg)
+    assert shape_of(cfg).buffer_bytes == buffers(model)  # the rotary tables
     styles = model.tp_plan_names
     names = dict(model.named_parameters())
     for rank, (p, g, o) in enumerate(plan_bytes(cfg)):
@@ -122,9 +130,11 @@ def test_llama_tp_matches_ddp_and_the_plan(tp_runs):
     losses = {s: [e["loss"] for e in r.metrics()] for s, r in tp_runs.items()}
     assert len(losses["tp"]) == 20
     assert max(abs(a - b) for a, b in zip(losses["ddp"], losses["tp"], strict=True)) < 1e-4
-    first = tp_runs["tp"].metrics()[0]
-    for measured, planned in zip(first["measured"], first["planned"]["ranks"], strict=True):
-        for key in ("param_bytes", "grad_bytes", "optimizer_bytes"):
-            assert measured[key] == planned[key], key
-    ddp_params = tp_runs["ddp"].metrics()[0]["measured"][0]["param_bytes"]
-    assert first["measured"][0]["param_bytes"] < ddp_params  # the blocks' matrices really are split
+    for r in tp_runs.values():  # the rotary tables' buffers included (and DDP's buckets)
+        first = r.metrics()[0]
+        for measured, planned in zip(first["measured"], first["planned"]["ranks"], strict=True):
+            for key in ("param_bytes", "grad_bytes", "optimizer_bytes", "buffer_bytes"):
+                assert measured[key] == planned[key], key
+        assert first["planned"]["approximate"] == ["activation_bytes"]
+    ddp_params, tp_params = (r.metrics()[0]["measured"][0]["param_bytes"] for r in tp_runs.values())
+    assert tp_params < ddp_params  # the blocks' matrices really are split

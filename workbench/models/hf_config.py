@@ -237,7 +237,7 @@ def hf_shape(cfg: RunConfig) -> TransformerShape:
         gpt2 = model_type == "gpt2"
         return TransformerShape(**common, d_ff=ff, max_positions=P, kind="decoder" if gpt2 else "encoder",
                                 final_norm=gpt2, tied_head=True if task == "classify" else tied, conv1d=gpt2,
-                                fused_qkv=gpt2, extra=tuple(extra),
+                                fused_qkv=gpt2, extra=tuple(extra), buffer_bytes=0 if gpt2 else _BERT_IDS * P,
                                 task_head_params=_head(extra) if task == "classify" else None)  # fmt: skip
     # llama, mistral, qwen2: RMSNorm, SwiGLU, rotary positions, grouped-query attention
     bias = bool(f.get("attention_bias", False))
@@ -254,9 +254,19 @@ def hf_shape(cfg: RunConfig) -> TransformerShape:
         o_bias=bias,
         tied_head=True if task == "classify" else tied,
         positional="rope",
+        buffer_bytes=_rope_buffer_bytes(f.get("head_dim") or d // H),
         extra=tuple(extra),
         task_head_params=_head(extra) if task == "classify" else None,
     )
+
+
+# BERT's embeddings keep position_ids and token_type_ids buffers: int64, one per position.
+_BERT_IDS = 2 * 8
+
+
+def _rope_buffer_bytes(head_dim: int) -> int:
+    """The rotary embedding's inv_freq and original_inv_freq: fp32, one frequency per pair of dimensions."""
+    return 2 * 4 * -(-head_dim // 2)
 
 
 def _head(extra: list[tuple[str, tuple[int, ...]]]) -> int:

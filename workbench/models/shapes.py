@@ -115,6 +115,9 @@ class TransformerShape:
     # what a dim-0 shard (FSDP2) cuts and how many tensors the optimizer keeps a step for differ.
     conv1d: bool = False
     fused_qkv: bool = False
+    # Module buffers every rank holds whatever the layout (never sharded): a Hugging Face model's rotary
+    # frequency tables, BERT's position and token-type ids. The reference GPT has none.
+    buffer_bytes: int = 0
 
     def __post_init__(self) -> None:
         for name, value, allowed in (

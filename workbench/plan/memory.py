@@ -280,12 +280,15 @@ def memory_per_rank(c: Counting, on_cpu: bool) -> list[RankMemory]:
     # any model; only its saved activations differ from a language model's (the delta).
     whole = counts is not None and c.s.task_head_params is not None and cfg.peft.method == "none"
     if counts is not None and not whole:
-        return finetune_memory(c, counts)
-    if strategy not in MEMORY_OF:
+        ranks = finetune_memory(c, counts)
+    elif strategy not in MEMORY_OF:
         raise ValueError(f"parallel.strategy {strategy!r}: the planner knows {', '.join(MEMORY_OF)}")
-    ranks = MEMORY_OF[strategy](c)
+    else:
+        ranks = MEMORY_OF[strategy](c)
     if whole:
         for rm in ranks:
             rm.activation_bytes += counts[3](c.B)
         c.act_of.delta = counts[3]
+    for rm in ranks:
+        rm.buffer_bytes += c.s.buffer_bytes  # the model's own buffers, on every rank whatever the layout
     return ranks
