@@ -136,5 +136,7 @@ def test_llama_tp_matches_ddp_and_the_plan(tp_runs):
             for key in ("param_bytes", "grad_bytes", "optimizer_bytes", "buffer_bytes"):
                 assert measured[key] == planned[key], key
         assert first["planned"]["approximate"] == ["activation_bytes"]
+        # bytes moved: DDP's all-reduce and its broadcast of the buffers; tp's all-reduces (SwiGLU: 5 Colwise)
+        assert r.metrics()[-1]["comm_bytes"] == first["planned"]["comm_bytes"]
     ddp_params, tp_params = (r.metrics()[0]["measured"][0]["param_bytes"] for r in tp_runs.values())
     assert tp_params < ddp_params  # the blocks' matrices really are split
