@@ -4,6 +4,8 @@ builds, sharded the way FSDP2 and DTensor shard them."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 import workbench as wb
@@ -50,10 +52,12 @@ def test_tp_refusals_name_the_field_and_the_fix():
     assert [p.key for p in odd] == ["parallel.tp_size", "parallel.tp_size"]
     assert "model.hf_config.num_key_value_heads" in odd[0].message
     assert "model.hf_config.intermediate_size" in odd[1].message
-    for arch, why in (("hf:gpt2", "Conv1D"), ("hf:bert", "decoders")):
-        bad = RunConfig().override({**TINY, "model.arch": arch, "task.kind": "classify",
-                                    "parallel.strategy": "tp", "parallel.tp_size": 2}).validate()  # fmt: skip
-        assert [p.key for p in bad] == ["parallel.strategy"] and why in bad[0].message and "zero3" in bad[0].message
+    gpt2 = RunConfig().override({**TINY, "model.arch": "hf:gpt2", "parallel.strategy": "tp",
+                                 "parallel.tp_size": 2}).validate()  # fmt: skip
+    assert [p.key for p in gpt2] == ["parallel.strategy"] and "Conv1D" in gpt2[0].message and "zero3" in gpt2[0].message
+    bert = RunConfig().override({**TINY, "model.arch": "hf:bert", "task.kind": "mlm", "model.hf_config":
+                                 {"intermediate_size": 77}, "parallel.strategy": "tp", "parallel.tp_size": 2})  # fmt: skip
+    assert [p.message.split(" of ")[0] for p in bert.validate()] == ["intermediate_size 77"]
     pp = RunConfig().override({**LLAMA, "parallel.strategy": "pp", "parallel.pp_size": 2}).validate()
     assert [p.key for p in pp] == ["parallel.strategy"] and "stage boundaries" in pp[0].message
 
@@ -84,22 +88,26 @@ def test_zero3_plan_is_fsdp2s_dim0_chunks(arch, task, extra):
         assert (p, g, o) == (4 * local, 4 * local, adamw(local, len(params)))
 
 
-@pytest.mark.parametrize("arch,extra", [("hf:llama", {"num_key_value_heads": 2, "intermediate_size": 172}),
-                                        ("hf:qwen2", {"num_key_value_heads": 2, "intermediate_size": 96}),
-                                        ("hf:mistral", {"num_key_value_heads": 4, "intermediate_size": 96})])  # fmt: skip
-def test_tp_plan_is_the_colwise_rowwise_split(arch, extra):
+@pytest.mark.parametrize("arch,task,extra", [("hf:llama", "lm", {"num_key_value_heads": 2, "intermediate_size": 172}),
+                                             ("hf:qwen2", "lm", {"num_key_value_heads": 2, "intermediate_size": 96}),
+                                             ("hf:mistral", "classify", {"num_key_value_heads": 4, "intermediate_size": 96}),
+                                             ("hf:bert", "mlm", {"intermediate_size": 96}),
+                                             ("hf:bert", "classify", {})])  # fmt: skip
+def test_tp_plan_is_the_colwise_rowwise_split(arch, task, extra):
     """Colwise shards a Linear's weight and bias along dim 0, Rowwise its weight along dim 1 (its bias and
-    everything outside the plan replicated): the model's own module names, Qwen2's q/k/v biases included."""
-    cfg = RunConfig().override({**TINY, "model.arch": arch, "model.hf_config": extra,
-                                "parallel.strategy": "tp", "parallel.tp_size": 2})  # fmt: skip
+    everything outside the plan replicated): the model's own module names, biases (Qwen2's q/k/v, BERT's)
+    included."""
+    cfg = RunConfig().override({**TINY, "model.arch": arch, "model.hf_config": extra, "task.kind": task,
+                                "task.num_labels": 3, "parallel.strategy": "tp", "parallel.tp_size": 2})  # fmt: skip
     model = build(cfg)
-    assert shape_of(cfg).buffer_bytes == buffers(model)  # the rotary tables
+    assert shape_of(cfg).buffer_bytes == buffers(model)  # the rotary tables; BERT's ids
     styles = model.tp_plan_names
     names = dict(model.named_parameters())
     for rank, (p, g, o) in enumerate(plan_bytes(cfg)):
         local = 0
         for name, t in names.items():
-            style = next((s for m, s in styles.items() if f".{m}." in name), None)
+            inside = re.match(r".*\.layers?\.\d+\.(.*)\.(weight|bias)$", name)  # the path inside a block
+            style = styles.get(inside.group(1)) if inside else None
             dim = 0 if style == "colwise" else 1 if style == "rowwise" and name.endswith("weight") else None
             local += t.numel() if dim is None else t.numel() // t.shape[dim] * chunk(t.shape[dim], 2, rank)
         assert (p, g, o) == (4 * local, 4 * local, adamw(local, len(names)))

@@ -93,15 +93,22 @@ _SWIGLU_MODULES = {
     "mlp.up": "mlp.up_proj",
     "mlp.down": "mlp.down_proj",
 }
+# BERT (post-norm, a GELU MLP): the GPT's own split, its Linears named per sub-module of a BertLayer.
+_BERT_MODULES = {
+    "attn.q": "attention.self.query",
+    "attn.k": "attention.self.key",
+    "attn.v": "attention.self.value",
+    "attn.o": "attention.output.dense",
+    "mlp.fc1": "intermediate.dense",
+    "mlp.fc2": "output.dense",
+}
 HF_TP_MODULES: dict[str, dict[str, str]] = {"llama": _SWIGLU_MODULES, "mistral": _SWIGLU_MODULES,
-                                            "qwen2": _SWIGLU_MODULES}  # fmt: skip
+                                            "qwen2": _SWIGLU_MODULES, "bert": _BERT_MODULES}  # fmt: skip
 # The types tensor parallelism refuses, and why.
 HF_TP_REFUSED = {
     "gpt2": "GPT-2's blocks are Conv1D layers (weights stored (in, out), which DTensor's Colwise/Rowwise styles "
     "do not take) and q, k, v fused into one c_attn matrix (a column split would hand a rank queries and keys "
     "of different heads); use zero3 to split its memory",
-    "bert": "tensor parallelism is built for the decoders (llama, mistral, qwen2); use zero3 to split an encoder's "
-    "memory",
 }
 
 
@@ -198,7 +205,8 @@ def _fields(cfg: RunConfig) -> tuple[str, dict[str, Any]]:
 def hf_tp_plan(model_type: str) -> dict[str, str]:
     """The type's module path inside one block -> "colwise" | "rowwise" (what ``parallelize_module`` takes)."""
     names = HF_TP_MODULES[model_type]
-    return {names[k]: style for k, style in TENSOR_PARALLEL_PLAN["swiglu"].items()}
+    ffn = "gelu_mlp" if model_type in ENCODER_TYPES else "swiglu"
+    return {names[k]: style for k, style in TENSOR_PARALLEL_PLAN[ffn].items()}
 
 
 def hf_tp_fields(cfg: RunConfig) -> dict[str, int]:
@@ -206,8 +214,10 @@ def hf_tp_fields(cfg: RunConfig) -> dict[str, int]:
     query heads, key/value heads and the MLP's hidden units (a folder's config.json included)."""
     model_type, f = _fields(cfg)
     heads = f["num_attention_heads"]
-    return {"num_attention_heads": heads, "num_key_value_heads": f.get("num_key_value_heads") or heads,
-            "intermediate_size": f.get("intermediate_size") or 0}  # fmt: skip
+    out = {"num_attention_heads": heads}
+    if model_type not in ENCODER_TYPES:  # grouped-query attention
+        out["num_key_value_heads"] = f.get("num_key_value_heads") or heads
+    return out | {"intermediate_size": f.get("intermediate_size") or 0}
 
 
 def hf_shape(cfg: RunConfig) -> TransformerShape:

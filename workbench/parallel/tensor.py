@@ -12,15 +12,16 @@ ever holds a whole attention or MLP weight. The GPT's attention already views it
 ``(B, T, -1, head_dim)``, so it works on the local heads without knowing about tensor parallelism.
 Embeddings, LayerNorms and the tied head stay replicated (plain tensors, identical on every tp rank).
 
-Hugging Face decoders (llama, mistral, qwen2) take the same split with SwiGLU's gate/up Colwise and down
-Rowwise, under their own module names (``HFModel.tp_plan_names``, from models/hf_config.py). Why DTensor's
+Hugging Face models take the same split under their own module names: llama, mistral and qwen2 with SwiGLU's
+gate/up Colwise and down Rowwise, BERT as the GPT (query/key/value, attention.output, intermediate, output), (``HFModel.tp_plan_names``, from models/hf_config.py). Why DTensor's
 ``parallelize_module`` and not transformers' own plan (``from_config(..., distributed_config=DistributedConfig(tp_plan="auto"))``): the model is
 built before the layout (the worker builds every model the same way; transformers' plan wants to build it
 under its own device mesh), the split is the one the planner counts (models/shapes.py, one home) and is
 applied block by block as ``find_blocks`` finds them, and dp_tp's FSDP2 over the dp dimension composes with
 it as it does for the GPT. Their attention also views q/k/v as ``(B, T, -1, head_dim)`` and takes its GQA
 group size (num_attention_heads // num_key_value_heads) from the config, which is the same ratio on every
-rank when both divide by tp_size (validated before launch), so they work on the local heads unchanged.
+rank when both divide by tp_size (validated before launch), so they work on the local heads unchanged; so
+does BERT's. GPT-2 is refused (Conv1D weights, q/k/v fused in one matrix: models/hf_config.py says why).
 
 dp_tp puts ranks on a 2-D mesh ("dp", "tp"): tensor parallel inside a row, FSDP2 (ZeRO-3) across rows.
 It needs >= 4 processes to be both at once; with 2 the mesh is (1, 2) or (2, 1): the same code, one
