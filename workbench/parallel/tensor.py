@@ -84,6 +84,8 @@ class TensorParallelLayout(DTensorLayout):
         self.comm_group = tp_mesh.get_group()
         model = model.to(self.device)
         self.plan_names = plan_names_of(model)
+        if hasattr(model, "loss_groups"):  # a Hugging Face model: mlm's loss per pooled micro-batch (models/hf.py)
+            model.loss_groups = self.tp
         blocks = find_blocks(model)
         for block in blocks:
             parallelize_module(block, tp_mesh, tp_plan(self.plan_names))

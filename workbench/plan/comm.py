@@ -44,9 +44,10 @@ class Comm:
 
 
 def buffer_broadcast(c: Comm) -> int:
-    """DDP broadcasts the module's buffers from rank 0 before every forward (broadcast_buffers, its default),
-    accumulation micro-steps included: a Hugging Face model's rotary tables or BERT's ids (the GPT has none)."""
-    return c.cfg.grad_accum_steps * c.s.buffer_bytes if c.W > 1 else 0
+    """DDP broadcasts the module's buffers from rank 0 before a forward that follows a synchronised backward
+    (broadcast_buffers, its default): once per optimizer step, at the first micro-step (no_sync turns it off
+    for the rest). A Hugging Face model's rotary tables or BERT's ids; the GPT has none."""
+    return c.s.buffer_bytes if c.W > 1 else 0
 
 
 def ddp_comm(c: Comm) -> PerRank:
