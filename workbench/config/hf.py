@@ -67,8 +67,9 @@ def validate_hf_model(cfg: RunConfig, P: list[Problem]) -> None:
 
 
 def validate_hf_tp(cfg: RunConfig, model_type: str, P: list[Problem]) -> None:
-    """tp / dp_tp on a Hugging Face model: a decoder type whose heads, key/value heads and MLP units divide by
-    parallel.tp_size (each rank computes its share of each; the fields as the model is built)."""
+    """tp / dp_tp on a Hugging Face model: a type the split is built for (not gpt2), whose heads, key/value
+    heads and MLP units divide by parallel.tp_size (each rank computes its share of each; the fields as the
+    model is built)."""
     s, tp = cfg.parallel.strategy, cfg.parallel.tp_size
     if model_type in HF_TP_REFUSED:
         P.append(Problem("parallel.strategy", f"{s} with model.arch {cfg.model.arch}: {HF_TP_REFUSED[model_type]}"))
