@@ -152,8 +152,8 @@ def test_llama_tp_matches_ddp_and_the_plan(tp_runs):
 
 def test_mlm_loss_over_a_pooled_batch_is_ddps_mean_of_means():
     """tp stacks its ranks' micro-batches; mlm's masked tokens differ in number per micro-batch, so the loss is
-    the mean of each one's own loss, as ddp averages its ranks' (measured once on 2 processes: BERT mlm tp vs
-    ddp, 20 steps, max |diff| 4.8e-07; one mean over the stack differed by 9e-3)."""
+    the mean of each one's own loss, as ddp averages its ranks' (benchmarks/hf_tp.py on 2 processes: BERT mlm
+    tp vs ddp, 20 steps, max |diff| 4.8e-07; one mean over the stack differed by 9e-3)."""
     import torch
 
     cfg = RunConfig().override({**TINY, "model.arch": "hf:bert", "task.kind": "mlm", "model.hf_config": {}})
