@@ -9,13 +9,18 @@ from __future__ import annotations
 import os
 
 from workbench.config.schema import Problem, RunConfig, is_int
-from workbench.models.hf_config import HF_TYPES, hf_source, hf_task_kinds, is_hf, model_type_of
+from workbench.models.hf_config import (
+    HF_TP_REFUSED,
+    HF_TYPES,
+    hf_source,
+    hf_task_kinds,
+    hf_tp_fields,
+    is_hf,
+    model_type_of,
+)
 
-# Layouts a Hugging Face model does not take in this version, and why.
+# Layouts a Hugging Face model does not take in this version, and why (tp and dp_tp: per model type, below).
 HF_REFUSED_STRATEGIES = {
-    "tp": "tensor parallelism over a transformers model (DTensor over q/k/v/o and gate/up/down) is not built yet; "
-    "use zero3 to split the model's memory",
-    "dp_tp": "tensor parallelism over a transformers model is not built yet; use zero3",
     "pp": "a transformers model is one forward() with no stage boundaries the pipeline can cut honestly; use "
     "zero3 to split the model's memory",
 }
@@ -52,11 +57,39 @@ def validate_hf_model(cfg: RunConfig, P: list[Problem]) -> None:
     reason = HF_REFUSED_STRATEGIES.get(cfg.parallel.strategy)
     if reason:
         P.append(Problem("parallel.strategy", f"{cfg.parallel.strategy} with model.arch {m.arch}: {reason}"))
+    if cfg.parallel.strategy in ("tp", "dp_tp") and model_type in HF_TYPES:
+        validate_hf_tp(cfg, model_type, P)
     if cfg.peft.method != "none":
         P.append(Problem("peft.method", "LoRA and frozen fine-tuning of a Hugging Face model are not built yet; "
                          "use peft.method: none (full fine-tuning)"))  # fmt: skip
     if cfg.distill.teacher:
         P.append(Problem("distill.teacher", "distillation into a Hugging Face model is not built yet"))
+
+
+def validate_hf_tp(cfg: RunConfig, model_type: str, P: list[Problem]) -> None:
+    """tp / dp_tp on a Hugging Face model: a type the split is built for (not gpt2), whose heads, key/value
+    heads and MLP units divide by parallel.tp_size (each rank computes its share of each; the fields as the
+    model is built)."""
+    s, tp = cfg.parallel.strategy, cfg.parallel.tp_size
+    if model_type in HF_TP_REFUSED:
+        P.append(Problem("parallel.strategy", f"{s} with model.arch {cfg.model.arch}: {HF_TP_REFUSED[model_type]}"))
+        return
+    if not is_int(tp) or tp < 2:
+        return  # strategies.py names the tp_size problem
+    try:
+        fields = hf_tp_fields(cfg)
+    except (KeyError, TypeError, ValueError):
+        return  # the model's own fields are invalid: named elsewhere
+    where = {f: f"model.hf_config.{f}" for f in fields}
+    if hf_source(cfg.model.arch)[0] == "type":
+        where["num_attention_heads"] = "model.n_head"
+    for field, value in fields.items():
+        if is_int(value) and value % tp:
+            ok = [k for k in range(2, cfg.parallel.num_processes + 1) if value % k == 0]
+            fix = f"use tp_size in {ok} or set" if ok else "set"
+            P.append(Problem("parallel.tp_size", f"{field} {value} of model.arch {cfg.model.arch} does not divide "
+                             f"by parallel.tp_size {tp}: each rank computes 1/tp_size of them; {fix} "
+                             f"{where[field]} to a multiple of {tp}"))  # fmt: skip
 
 
 def validate_files(cfg: RunConfig, P: list[Problem]) -> None:

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from workbench.config.schema import STRATEGIES, Problem, is_import_string, is_int
+from workbench.models.hf_config import is_hf
 
 if TYPE_CHECKING:
     from workbench.config.schema import RunConfig
@@ -134,7 +135,7 @@ def _check_tp(cfg: RunConfig, P: list[Problem]) -> None:
         P.append(Problem("parallel.tp_size", f"dp_tp arranges parallel.num_processes ({n}) as a (dp, tp) grid: "
                          f"tp_size must divide it; pick one of {divisors(n)}"))  # fmt: skip
     model_ok = all(is_int(v) and v >= 1 for v in (m.n_layer, m.n_head, m.d_model))
-    if tp > 1 and model_ok:
+    if tp > 1 and model_ok and not is_hf(m.arch):  # a Hugging Face model's own fields: config/hf.py
         if m.n_head % tp:
             heads = [k for k in divisors(m.n_head) if k > 1 and k <= n]
             P.append(Problem("parallel.tp_size", f"model.n_head {m.n_head} does not divide by parallel.tp_size {tp}: "

@@ -15,9 +15,17 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from workbench.data.files import PAD, offline
-from workbench.models.hf_config import hf_config_dict, hf_source, hf_task_kinds, model_type_of
+from workbench.models.hf_config import (
+    HF_TP_MODULES,
+    hf_config_dict,
+    hf_source,
+    hf_task_kinds,
+    hf_tp_plan,
+    model_type_of,
+)
 
 if TYPE_CHECKING:
     from workbench.config import RunConfig
@@ -42,6 +50,14 @@ class HFModel(nn.Module):
     def __init__(self, hf: nn.Module, task: str, pad_id: int, flops: int) -> None:
         super().__init__()
         self.hf, self.task, self.pad_id, self._flops = hf, task, pad_id, flops
+        # Set by the tensor-parallel layout, which stacks its ranks' micro-batches into one: mlm's loss is then
+        # the mean of each micro-batch's own mean, as under ddp (the masked tokens differ in number per
+        # micro-batch, so one mean over the stack would weigh them differently). lm and classify count the
+        # same number of targets per row: their mean over the stack is already the same.
+        self.loss_groups = 1
+        model_type = getattr(hf.config, "model_type", None)
+        # One block's module path -> "colwise" | "rowwise" for parallel/tensor.py; None: tp refused (config/hf.py)
+        self.tp_plan_names = hf_tp_plan(model_type) if model_type in HF_TP_MODULES else None
 
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         kw: dict[str, Any] = {}
@@ -49,6 +65,11 @@ class HFModel(nn.Module):
             kw["attention_mask"] = (x != self.pad_id).long()
         if self.task == "lm":
             kw["use_cache"] = False
+        if self.task == "mlm" and self.loss_groups > 1 and y is not None:
+            logits = self.hf(input_ids=x, **kw).logits
+            flat = [F.cross_entropy(lg.float().flatten(0, 1), t.flatten(), ignore_index=-100)
+                    for lg, t in zip(logits.chunk(self.loss_groups), y.chunk(self.loss_groups), strict=True)]  # fmt: skip
+            return logits, torch.stack(flat).mean()
         out = self.hf(input_ids=x, labels=y, **kw)
         return out.logits, out.loss
 

@@ -22,7 +22,7 @@ import json
 import os
 from typing import TYPE_CHECKING, Any
 
-from workbench.models.shapes import TransformerShape, numel
+from workbench.models.shapes import TENSOR_PARALLEL_PLAN, TransformerShape, numel
 
 if TYPE_CHECKING:
     from workbench.config import RunConfig
@@ -31,10 +31,13 @@ __all__ = [
     "DECODER_TYPES",
     "ENCODER_TYPES",
     "HF_TYPES",
+    "HF_TP_REFUSED",
     "hf_config_dict",
     "hf_shape",
     "hf_source",
     "hf_task_kinds",
+    "hf_tp_fields",
+    "hf_tp_plan",
     "is_hf",
 ]
 
@@ -77,6 +80,37 @@ HF_TYPES: dict[str, dict[str, Any]] = {
 }
 DECODER_TYPES = ("llama", "mistral", "qwen2", "gpt2")
 ENCODER_TYPES = ("bert",)
+
+# Tensor parallelism (parallel.strategy tp / dp_tp) on a Hugging Face model: the split is the reference GPT's
+# (models/shapes.py TENSOR_PARALLEL_PLAN, what the plan counts), and this maps its module paths onto the
+# type's own. Llama, Mistral and Qwen2 name their block modules alike (transformers' own base_model_tp_plan
+# of these types is this same split).
+_SWIGLU_MODULES = {
+    "attn.q": "self_attn.q_proj",
+    "attn.k": "self_attn.k_proj",
+    "attn.v": "self_attn.v_proj",
+    "attn.o": "self_attn.o_proj",
+    "mlp.gate": "mlp.gate_proj",
+    "mlp.up": "mlp.up_proj",
+    "mlp.down": "mlp.down_proj",
+}
+# BERT (post-norm, a GELU MLP): the GPT's own split, its Linears named per sub-module of a BertLayer.
+_BERT_MODULES = {
+    "attn.q": "attention.self.query",
+    "attn.k": "attention.self.key",
+    "attn.v": "attention.self.value",
+    "attn.o": "attention.output.dense",
+    "mlp.fc1": "intermediate.dense",
+    "mlp.fc2": "output.dense",
+}
+HF_TP_MODULES: dict[str, dict[str, str]] = {"llama": _SWIGLU_MODULES, "mistral": _SWIGLU_MODULES,
+                                            "qwen2": _SWIGLU_MODULES, "bert": _BERT_MODULES}  # fmt: skip
+# The types tensor parallelism refuses, and why.
+HF_TP_REFUSED = {
+    "gpt2": "GPT-2's blocks are Conv1D layers (weights stored (in, out), which DTensor's Colwise/Rowwise styles "
+    "do not take) and q, k, v fused into one c_attn matrix (a column split would hand a rank queries and keys "
+    "of different heads); use zero3 to split its memory",
+}
 
 
 def is_hf(arch: Any) -> bool:
@@ -169,6 +203,24 @@ def _fields(cfg: RunConfig) -> tuple[str, dict[str, Any]]:
     return model_type, f
 
 
+def hf_tp_plan(model_type: str) -> dict[str, str]:
+    """The type's module path inside one block -> "colwise" | "rowwise" (what ``parallelize_module`` takes)."""
+    names = HF_TP_MODULES[model_type]
+    ffn = "gelu_mlp" if model_type in ENCODER_TYPES else "swiglu"
+    return {names[k]: style for k, style in TENSOR_PARALLEL_PLAN[ffn].items()}
+
+
+def hf_tp_fields(cfg: RunConfig) -> dict[str, int]:
+    """The config fields tensor parallelism divides, under the type's own names, as the model is built:
+    query heads, key/value heads and the MLP's hidden units (a folder's config.json included)."""
+    model_type, f = _fields(cfg)
+    heads = f["num_attention_heads"]
+    out = {"num_attention_heads": heads}
+    if model_type not in ENCODER_TYPES:  # grouped-query attention
+        out["num_key_value_heads"] = f.get("num_key_value_heads") or heads
+    return out | {"intermediate_size": f.get("intermediate_size") or 0}
+
+
 def hf_shape(cfg: RunConfig) -> TransformerShape:
     """The TransformerShape of the model ``workbench.models.hf`` builds (``_shape``), with the parameters one
     token multiplies through, which the FLOPs per token count."""
@@ -216,9 +268,11 @@ def _shape(cfg: RunConfig) -> TransformerShape:
                           ("mlm.ln.bias", (d,)), ("mlm.decoder.bias", (V,))]  # fmt: skip
         elif task == "classify":
             extra = [("score.weight", (nl, d))]
-        return TransformerShape(**common, d_ff=ff, max_positions=P, kind="encoder" if model_type == "bert" else "decoder",
-                                final_norm=model_type == "gpt2", tied_head=True if task == "classify" else tied,
-                                extra=tuple(extra), task_head_params=_head(extra) if task == "classify" else None)  # fmt: skip
+        gpt2 = model_type == "gpt2"
+        return TransformerShape(**common, d_ff=ff, max_positions=P, kind="decoder" if gpt2 else "encoder",
+                                final_norm=gpt2, tied_head=True if task == "classify" else tied, conv1d=gpt2,
+                                fused_qkv=gpt2, extra=tuple(extra), buffer_bytes=0 if gpt2 else _BERT_IDS * P,
+                                task_head_params=_head(extra) if task == "classify" else None)  # fmt: skip
     # llama, mistral, qwen2: RMSNorm, SwiGLU, rotary positions, grouped-query attention
     bias = bool(f.get("attention_bias", False))
     extra = [("score.weight", (nl, d))] if task == "classify" else []
@@ -234,9 +288,19 @@ def _shape(cfg: RunConfig) -> TransformerShape:
         o_bias=bias,
         tied_head=True if task == "classify" else tied,
         positional="rope",
+        buffer_bytes=_rope_buffer_bytes(f.get("head_dim") or d // H),
         extra=tuple(extra),
         task_head_params=_head(extra) if task == "classify" else None,
     )
+
+
+# BERT's embeddings keep position_ids and token_type_ids buffers: int64, one per position.
+_BERT_IDS = 2 * 8
+
+
+def _rope_buffer_bytes(head_dim: int) -> int:
+    """The rotary embedding's inv_freq and original_inv_freq: fp32, one frequency per pair of dimensions."""
+    return 2 * 4 * -(-head_dim // 2)
 
 
 def _head(extra: list[tuple[str, tuple[int, ...]]]) -> int:

@@ -115,6 +115,14 @@ class TransformerShape:
     # divided by seq_len): what torch.utils.flop_counter counts. None: nanoGPT's convention, num_params
     # without the position table (the reference GPT's MFU).
     flops_params: int | None = None
+    # GPT-2's storage: its blocks' Linears are transformers' Conv1D, weights stored (in, out) rather than
+    # nn.Linear's (out, in), and q, k, v are one fused (d, 3d) matrix and one bias. The same parameters, but
+    # what a dim-0 shard (FSDP2) cuts and how many tensors the optimizer keeps a step for differ.
+    conv1d: bool = False
+    fused_qkv: bool = False
+    # Module buffers every rank holds whatever the layout (never sharded): a Hugging Face model's rotary
+    # frequency tables, BERT's position and token-type ids. The reference GPT has none.
+    buffer_bytes: int = 0
 
     def __post_init__(self) -> None:
         for name, value, allowed in (
@@ -161,18 +169,23 @@ class TransformerShape:
         return t
 
     def _linear(self, name: str, d_in: int, d_out: int, bias: bool) -> list[tuple[str, tuple[int, ...]]]:
-        t = [(f"{name}.weight", (d_out, d_in))]  # nn.Linear stores (out_features, in_features)
+        # nn.Linear stores (out_features, in_features); Conv1D (in, out)
+        t = [(f"{name}.weight", (d_in, d_out) if self.conv1d else (d_out, d_in))]
         if bias:
             t.append((f"{name}.bias", (d_out,)))
         return t
 
     def block_tensors(self) -> list[tuple[str, tuple[int, ...]]]:
-        """One block's parameters in ``model.parameters()`` order (pre-norm: norm, attention, norm, MLP)."""
+        """One block's parameters in ``model.parameters()`` order (pre-norm: norm, attention, norm, MLP), as
+        stored (``conv1d``, ``fused_qkv``: GPT-2's layout)."""
         d, q_out, kv_out, ff = self.d_model, self.n_head * self.q_dim, self.kv_heads * self.q_dim, self.ff_dim
         t = self._norm("ln1")
-        t += self._linear("attn.q", d, q_out, self.has_qkv_bias)
-        t += self._linear("attn.k", d, kv_out, self.has_qkv_bias)
-        t += self._linear("attn.v", d, kv_out, self.has_qkv_bias)
+        if self.fused_qkv:
+            t += self._linear("attn.qkv", d, q_out + 2 * kv_out, self.has_qkv_bias)
+        else:
+            t += self._linear("attn.q", d, q_out, self.has_qkv_bias)
+            t += self._linear("attn.k", d, kv_out, self.has_qkv_bias)
+            t += self._linear("attn.v", d, kv_out, self.has_qkv_bias)
         t += self._linear("attn.o", q_out, d, self.bias if self.o_bias is None else self.o_bias)
         t += self._norm("ln2")
         if self.ffn == "swiglu":

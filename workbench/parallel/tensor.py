@@ -12,6 +12,17 @@ ever holds a whole attention or MLP weight. The GPT's attention already views it
 ``(B, T, -1, head_dim)``, so it works on the local heads without knowing about tensor parallelism.
 Embeddings, LayerNorms and the tied head stay replicated (plain tensors, identical on every tp rank).
 
+Hugging Face models take the same split under their own module names: llama, mistral and qwen2 with SwiGLU's
+gate/up Colwise and down Rowwise, BERT as the GPT (query/key/value, attention.output, intermediate, output), (``HFModel.tp_plan_names``, from models/hf_config.py). Why DTensor's
+``parallelize_module`` and not transformers' own plan (``from_config(..., distributed_config=DistributedConfig(tp_plan="auto"))``): the model is
+built before the layout (the worker builds every model the same way; transformers' plan wants to build it
+under its own device mesh), the split is the one the planner counts (models/shapes.py, one home) and is
+applied block by block as ``find_blocks`` finds them, and dp_tp's FSDP2 over the dp dimension composes with
+it as it does for the GPT. Their attention also views q/k/v as ``(B, T, -1, head_dim)`` and takes its GQA
+group size (num_attention_heads // num_key_value_heads) from the config, which is the same ratio on every
+rank when both divide by tp_size (validated before launch), so they work on the local heads unchanged; so
+does BERT's. GPT-2 is refused (Conv1D weights, q/k/v fused in one matrix: models/hf_config.py says why).
+
 dp_tp puts ranks on a 2-D mesh ("dp", "tp"): tensor parallel inside a row, FSDP2 (ZeRO-3) across rows.
 It needs >= 4 processes to be both at once; with 2 the mesh is (1, 2) or (2, 1): the same code, one
 dimension of size 1 (what CI can run).
@@ -29,6 +40,7 @@ import torch
 import torch.nn as nn
 
 from workbench.models.shapes import TENSOR_PARALLEL_PLAN
+from workbench.parallel.checkpointing import find_blocks
 from workbench.parallel.common import DTensorLayout, loss_of
 
 # The reference GPT's block split (module path -> "colwise" | "rowwise"); its home is models/shapes.py, which
@@ -36,10 +48,17 @@ from workbench.parallel.common import DTensorLayout, loss_of
 TP_PLAN_NAMES = TENSOR_PARALLEL_PLAN["gelu_mlp"]
 
 
-def tp_plan() -> dict[str, Any]:
+def tp_plan(names: dict[str, str] | None = None) -> dict[str, Any]:
+    """DTensor styles for one block: ``names`` (module path -> "colwise" | "rowwise"), the GPT's by default."""
     from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel
 
-    return {k: ColwiseParallel() if v == "colwise" else RowwiseParallel() for k, v in TP_PLAN_NAMES.items()}
+    names = TP_PLAN_NAMES if names is None else names
+    return {k: ColwiseParallel() if v == "colwise" else RowwiseParallel() for k, v in names.items()}
+
+
+def plan_names_of(model: nn.Module) -> dict[str, str]:
+    """The model's block split: a Hugging Face model's own names (``HFModel.tp_plan_names``), else the GPT's."""
+    return getattr(model, "tp_plan_names", None) or TP_PLAN_NAMES
 
 
 class TensorParallelLayout(DTensorLayout):
@@ -64,8 +83,12 @@ class TensorParallelLayout(DTensorLayout):
             tp_mesh, dp_mesh = self.mesh["tp"], self.mesh["dp"]
         self.comm_group = tp_mesh.get_group()
         model = model.to(self.device)
-        for block in model.blocks:
-            parallelize_module(block, tp_mesh, tp_plan())
+        self.plan_names = plan_names_of(model)
+        if hasattr(model, "loss_groups"):  # a Hugging Face model: mlm's loss per pooled micro-batch (models/hf.py)
+            model.loss_groups = self.tp
+        blocks = find_blocks(model)
+        for block in blocks:
+            parallelize_module(block, tp_mesh, tp_plan(self.plan_names))
         if dp_mesh is not None:
             # FSDP2 over the dp dimension, applied after TP (torchtitan's order): each rank holds 1/dp of its
             # TP shard. bf16 through FSDP2's policy, as in zero2/zero3.
@@ -73,7 +96,7 @@ class TensorParallelLayout(DTensorLayout):
             if cfg.precision == "bf16":
                 mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
                 self.fwd_ctx = nullcontext()  # FSDP2 casts; no autocast on top
-            for block in model.blocks:
+            for block in blocks:
                 fully_shard(block, mesh=dp_mesh, mp_policy=mp)
             fully_shard(model, mesh=dp_mesh, mp_policy=mp)
         self.model = model
@@ -95,4 +118,4 @@ class TensorParallelLayout(DTensorLayout):
         return f"{base} (DTensor tensor parallel)" if self.strategy == "tp" else f"{base} (FSDP2 x DTensor TP)"
 
     def extra_facts(self) -> dict[str, Any]:
-        return {"mesh": dict(zip(self.mesh.mesh_dim_names, self.mesh.shape, strict=True)), "tp_plan": TP_PLAN_NAMES}
+        return {"mesh": dict(zip(self.mesh.mesh_dim_names, self.mesh.shape, strict=True)), "tp_plan": self.plan_names}

@@ -43,15 +43,24 @@ class Comm:
         return 2 * 8 * self.cfg.micro_batch_size * n * self.s.seq_len * self.cfg.grad_accum_steps
 
 
+def buffer_broadcast(c: Comm) -> int:
+    """DDP broadcasts the module's buffers from rank 0 before a forward that follows a synchronised backward
+    (broadcast_buffers, its default): once per optimizer step, at the first micro-step (no_sync turns it off
+    for the rest). A Hugging Face model's rotary tables or BERT's ids; the GPT has none."""
+    return c.s.buffer_bytes if c.W > 1 else 0
+
+
 def ddp_comm(c: Comm) -> PerRank:
     # DDP all-reduces the fp32 gradient once per optimizer step (no_sync on the accumulation micro-steps)
     ops = {"all_reduce": 4 * c.N}
-    return [4 * c.N] * c.W, ops
+    if buffer_broadcast(c):
+        ops["broadcast"] = buffer_broadcast(c)
+    return [sum(ops.values())] * c.W, ops
 
 
 def zero1_comm(c: Comm) -> PerRank:
     # DDP's all-reduce + ZeroRedundancyOptimizer broadcasting each rank's updated share to the others
-    ops = {"all_reduce": 4 * c.N, "broadcast": c.p.param * c.N}
+    ops = {"all_reduce": 4 * c.N, "broadcast": c.p.param * c.N + buffer_broadcast(c)}
     return [sum(ops.values())] * c.W, ops
 
 
@@ -80,12 +89,13 @@ def tensor_parallel_comm(c: Comm) -> PerRank:
     t = max(1, par.tp_size)
     dp = max(1, c.W // t) if par.strategy == "dp_tp" else 1
     tokens = cfg.micro_batch_size * t * s.seq_len  # a row computes on its t ranks' micro-batches stacked
-    # Per layer and micro-step: forward all-reduces the outputs of o and fc2 (Rowwise) in the compute
-    # dtype; backward all-reduces the input gradients of q, k, v and fc1 (Colwise), which arrive in the
-    # residual stream's dtype; checkpointing recomputes the forward up to o's all-reduce (the
-    # recomputation stops once every saved tensor is back, before fc2's).
-    fwd = (2 + (1 if ckpt else 0)) * p.act
-    bwd = 4 * p.resid
+    # Per layer and micro-step: forward all-reduces the outputs of the Rowwise Linears (o and fc2 / down) in
+    # the compute dtype; backward all-reduces the input gradients of the Colwise ones (q, k, v and fc1, or
+    # SwiGLU's gate and up: five), which arrive in the residual stream's dtype; checkpointing recomputes the
+    # forward up to o's all-reduce (the recomputation stops once every saved tensor is back, before fc2's).
+    styles = list(s.tp_plan().values())
+    fwd = (styles.count("rowwise") + (1 if ckpt else 0)) * p.act
+    bwd = styles.count("colwise") * p.resid
     ops = {"all_gather": c.pooled(t), "all_reduce": s.n_layer * k * tokens * s.d_model * (fwd + bwd) + NORM}
     if par.strategy == "dp_tp":
         if dp > 1:  # FSDP2 over the dp dimension on the TP-local parameters (not measured here: 4+ ranks)

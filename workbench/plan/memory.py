@@ -276,8 +276,19 @@ def memory_per_rank(c: Counting, on_cpu: bool) -> list[RankMemory]:
     if cfg.model.dropout > 0 and c.p.resid == 2:
         c.approximate.append("activation_bytes")  # the math attention path in pure bf16 is not modelled
     counts = finetune_counts(cfg, c.s, c.p, c.N, c.n_tensors, c.approximate, c.notes)
-    if counts is not None:
-        return finetune_memory(c, counts)
-    if strategy not in MEMORY_OF:
+    # A Hugging Face classifier trained in full has its head in the shape: every layout counts it as it counts
+    # any model; only its saved activations differ from a language model's (the delta).
+    whole = counts is not None and c.s.task_head_params is not None and cfg.peft.method == "none"
+    if counts is not None and not whole:
+        ranks = finetune_memory(c, counts)
+    elif strategy not in MEMORY_OF:
         raise ValueError(f"parallel.strategy {strategy!r}: the planner knows {', '.join(MEMORY_OF)}")
-    return MEMORY_OF[strategy](c)
+    else:
+        ranks = MEMORY_OF[strategy](c)
+    if whole:
+        for rm in ranks:
+            rm.activation_bytes += counts[3](c.B)
+        c.act_of.delta = counts[3]
+    for rm in ranks:
+        rm.buffer_bytes += c.s.buffer_bytes  # the model's own buffers, on every rank whatever the layout
+    return ranks
