@@ -10,6 +10,7 @@ import os
 
 from workbench.config.schema import Problem, RunConfig, is_int
 from workbench.models.hf_config import HF_TYPES, hf_source, hf_task_kinds, is_hf, model_type_of
+from workbench.models.hf_peft import hf_peft_refusal, hf_target_vocabulary
 
 # Layouts a Hugging Face model does not take in this version, and why.
 HF_REFUSED_STRATEGIES = {
@@ -52,11 +53,35 @@ def validate_hf_model(cfg: RunConfig, P: list[Problem]) -> None:
     reason = HF_REFUSED_STRATEGIES.get(cfg.parallel.strategy)
     if reason:
         P.append(Problem("parallel.strategy", f"{cfg.parallel.strategy} with model.arch {m.arch}: {reason}"))
-    if cfg.peft.method != "none":
-        P.append(Problem("peft.method", "LoRA and frozen fine-tuning of a Hugging Face model are not built yet; "
-                         "use peft.method: none (full fine-tuning)"))  # fmt: skip
+    if model_type in HF_TYPES:
+        validate_hf_peft(cfg, model_type, P)
     if cfg.distill.teacher:
         P.append(Problem("distill.teacher", "distillation into a Hugging Face model is not built yet"))
+
+
+def validate_hf_peft(cfg: RunConfig, model_type: str, P: list[Problem]) -> None:
+    """peft.method and peft.target on a Hugging Face model (the keys alone: config/after_pretraining.py)."""
+    from workbench.config.schema import FINETUNE_STRATEGIES, PEFT_METHODS
+
+    pe = cfg.peft
+    if pe.method == "none" or pe.method not in PEFT_METHODS:
+        return
+    reason = hf_peft_refusal(cfg, model_type)
+    if reason:
+        P.append(Problem("peft.method", f"{pe.method} with model.arch {cfg.model.arch}: {reason}"))
+    if cfg.parallel.strategy not in FINETUNE_STRATEGIES:
+        P.append(Problem("peft.method", f"{pe.method} is built and tested on parallel.strategy "
+                         f"{' or '.join(FINETUNE_STRATEGIES)}, not {cfg.parallel.strategy!r}"))  # fmt: skip
+    if pe.method in ("lora", "adalora"):
+        known = hf_target_vocabulary(model_type)
+        tgt = pe.target
+        if not isinstance(tgt, (tuple, list)) or not tgt or not all(isinstance(x, str) for x in tgt):
+            P.append(Problem("peft.target", f"must be a list of module names of {model_type} ({', '.join(known)})"))
+        elif [x for x in tgt if x not in known]:
+            bad = [x for x in tgt if x not in known]
+            P.append(Problem("peft.target", f"{model_type} has no module {bad}: use {', '.join(known)}"))
+    if pe.method == "adalora" and is_int(cfg.max_steps) and cfg.max_steps < 3:
+        P.append(Problem("peft.method", "adalora reallocates its rank budget over the run: set max_steps >= 3"))
 
 
 def validate_files(cfg: RunConfig, P: list[Problem]) -> None:
