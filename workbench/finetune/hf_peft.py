@@ -25,6 +25,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import torch
 import torch.nn as nn
 
 from workbench.config import RunConfig
@@ -67,7 +68,29 @@ def wrap_hf_peft(cfg: RunConfig, model: nn.Module) -> nn.Module:
     from peft import get_peft_model
 
     model.hf = get_peft_model(model.hf, peft_config(cfg, model.hf))
+    if cfg.peft.method == "prefix":
+        model.call = prefix_forward
     return model
+
+
+def prefix_forward(pm: Any, input_ids: torch.Tensor, labels: torch.Tensor | None, **kw: Any) -> Any:
+    """peft's Prefix-Tuning forward, with transformers 5's name for the cache.
+
+    peft 0.21 decides whether a model takes prefixes by looking for ``past_key_values`` in its forward's
+    signature; transformers 5.24 renamed it ``cache`` (the old name still works through a deprecation shim), so
+    peft refuses every model ("does not support past key values"). The same steps here, with ``cache=``:
+    peft's trained prefix keys and values per layer (``get_prompt``), the attention mask widened by the
+    virtual tokens, and the sequence's positions from 0 (as without prefixes: BERT's position table has
+    model.seq_len rows, so positions shifted past the prefix would run off it)."""
+    B, T = input_ids.shape
+    n = pm.peft_config[pm.active_adapter].num_virtual_tokens
+    mask = kw.pop("attention_mask", None)
+    mask = torch.ones(B, T, dtype=torch.long, device=input_ids.device) if mask is None else mask
+    mask = torch.cat([torch.ones(B, n, dtype=mask.dtype, device=mask.device), mask], dim=1)
+    pos = torch.arange(T, device=input_ids.device).expand(B, T)
+    kw.pop("use_cache", None)
+    return pm.base_model(input_ids=input_ids, labels=labels, attention_mask=mask, position_ids=pos,
+                         cache=pm.get_prompt(batch_size=B), **kw)  # fmt: skip
 
 
 def merge_hf_peft(cfg: RunConfig, model: nn.Module) -> nn.Module:

@@ -42,6 +42,7 @@ class HFModel(nn.Module):
     def __init__(self, hf: nn.Module, task: str, pad_id: int, flops: int) -> None:
         super().__init__()
         self.hf, self.task, self.pad_id, self._flops = hf, task, pad_id, flops
+        self.call: Any = None  # (hf, input_ids, labels, **kw) -> output, replacing self.hf(...) (Prefix-Tuning)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         kw: dict[str, Any] = {}
@@ -49,7 +50,7 @@ class HFModel(nn.Module):
             kw["attention_mask"] = (x != self.pad_id).long()
         if self.task == "lm":
             kw["use_cache"] = False
-        out = self.hf(input_ids=x, labels=y, **kw)
+        out = self.hf(input_ids=x, labels=y, **kw) if self.call is None else self.call(self.hf, x, y, **kw)
         return out.logits, out.loss
 
     def flops_per_token(self) -> int:
