@@ -139,7 +139,13 @@ def test_lora_and_adalora_runs_merge_and_export(pretrained):
     tune = pre.config.override({"init_from": pre.path, "task.kind": "classify", "task.num_labels": 3,
                                 "data.path": labelled, "max_steps": 4, "eval_every": 4, "parallel.num_processes": 2,
                                 "optimizer.lr": 1e-2})  # fmt: skip
-    runs = {m: finished(tune.override({"name": f"bert-{m}", "peft.method": m})) for m in ("lora", "adalora")}
+    cfgs = {m: tune.override({"name": f"bert-{m}", "peft.method": m}) for m in ("lora", "adalora")}
+    assert all(c.validate() == [] for c in cfgs.values())
+    launched = {m: wb.launch(c) for m, c in cfgs.items()}  # side by side: the start-up times overlap
+    for r in launched.values():
+        r.wait(timeout=600)
+        assert r.status == "finished", r.error
+    runs = launched
     for r in runs.values():
         first = r.metrics()[0]
         cfg = ft.run_config(r.path)
