@@ -30,9 +30,10 @@ _RELEVANT_OUTSIDE_PARALLEL = {
     "data.text_field": ("data.source", ("files",)),
     "data.label_field": ("data.source", ("files",)),
     "task.num_labels": ("task.kind", ("classify",)),
-    "peft.r": ("peft.method", ("lora",)),
-    "peft.alpha": ("peft.method", ("lora",)),
-    "peft.target": ("peft.method", ("lora",)),
+    "peft.r": ("peft.method", ("lora", "adalora", "adapter")),
+    "peft.alpha": ("peft.method", ("lora", "adalora", "adapter")),
+    "peft.target": ("peft.method", ("lora", "adalora")),
+    "peft.num_virtual_tokens": ("peft.method", ("prefix",)),
 }
 
 

@@ -211,7 +211,14 @@ def quantize(run: str | Run, batch_size: int | None = None) -> CompressionReport
 def prunable_linears(model: nn.Module) -> list[tuple[str, nn.Linear]]:
     """The Linears inside the transformer blocks (q k v o fc1 fc2). The embeddings and the output head
     stay dense, as usual: they are few weights and every token or label depends on each row."""
-    return [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear) and n.startswith("blocks.")]
+    if getattr(model, "hf", None) is None:
+        return [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear) and n.startswith("blocks.")]
+    # A Hugging Face model (HFModel.hf): the Linears of its blocks, the entries of the one ModuleList it keeps
+    # them in (bert encoder.layer, llama model.layers, gpt2 transformer.h). GPT-2's are transformers' Conv1D
+    # (a Linear with its weight transposed): magnitude pruning treats them alike.
+    blocks = tuple(f"{n}.{i}." for n, m in model.named_modules() if isinstance(m, nn.ModuleList) for i in range(len(m)))
+    return [(n, m) for n, m in model.named_modules()
+            if (isinstance(m, nn.Linear) or type(m).__name__ == "Conv1D") and n.startswith(blocks)]  # fmt: skip
 
 
 def magnitude_prune(model: nn.Module, sparsity: float) -> tuple[int, int]:

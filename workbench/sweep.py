@@ -24,7 +24,7 @@ import threading
 import time
 from typing import Any
 
-from workbench.config import ConfigError, Problem, RunConfig, detected_devices, effective_device
+from workbench.config import ConfigError, Problem, RunConfig, effective_device
 from workbench.runs import Run, write_status
 from workbench.telemetry import hparams_dict, value_str
 
@@ -102,6 +102,8 @@ class Sweep(list):
 def gpus_per_run(configs: list[RunConfig], parallel_runs: int, problems: list[Problem]) -> int:
     """GPUs each concurrent slot gets (0 on CPU): runs that train at the same time get disjoint GPUs, so
     parallel_runs x the largest num_processes must fit the machine's GPUs (else a problem is added)."""
+    from workbench.config import detected_devices  # looked up at call time: tests stand in a GPU machine
+
     if not configs or effective_device(configs[0]) != "cuda":
         return 0
     per_run, have = max(c.parallel.num_processes for c in configs), detected_devices().count

@@ -196,6 +196,7 @@ class Trainer:
             write_status(self.run_dir, data_split=info)
 
     def build_layout(self) -> None:
+        from workbench import finetune as ft
         from workbench import parallel
         from workbench.measure import FirstStepMeter
 
@@ -210,6 +211,7 @@ class Trainer:
         )
         if self.distill is not None:
             layout.compute_loss = self.distill
+        ft.adalora_hook(cfg, layout.model, layout.optimizer, lambda: self.step)  # AdaLoRA's budget, each step
         self.layout = layout
         self.model, self.optimizer, self.scaler, self.fwd_ctx = (
             layout.model,

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from workbench.config.schema import (
     FINETUNE_STRATEGIES,
+    GPT_PEFT_METHODS,
     LORA_TARGETS,
     PEFT_METHODS,
     STRATEGIES,
@@ -123,6 +124,12 @@ def _validate_peft(cfg: RunConfig, c: Checker) -> bool:
         P.append(Problem("peft.r", f"rank {pe.r} exceeds model.d_model {cfg.model.d_model}: adds parameters, "
                          f"no capacity; use r <= {cfg.model.d_model}"))  # fmt: skip
     c.need_num("peft.alpha", pe.alpha, 0.0, 1e6, lo_open=True)
+    c.need_int("peft.num_virtual_tokens", pe.num_virtual_tokens, 1, 4096)
+    if cfg.model.arch.startswith("hf:"):
+        return ok_method  # peft.target: the model type's module names (config/hf.py)
+    if ok_method and pe.method not in GPT_PEFT_METHODS:
+        P.append(Problem("peft.method", f"{pe.method} is built for Hugging Face models (model.arch hf:...); the "
+                         f"reference GPT takes {', '.join(GPT_PEFT_METHODS)}"))  # fmt: skip
     names = sorted({n for g in LORA_TARGETS.values() for n in g})
     tgt = pe.target
     if not isinstance(tgt, (tuple, list)) or not tgt or not all(isinstance(x, str) for x in tgt):

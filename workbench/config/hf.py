@@ -18,6 +18,7 @@ from workbench.models.hf_config import (
     is_hf,
     model_type_of,
 )
+from workbench.models.hf_peft import hf_peft_refusal, hf_target_vocabulary
 
 # Layouts a Hugging Face model does not take in this version, and why (tp and dp_tp: per model type, below).
 HF_REFUSED_STRATEGIES = {
@@ -59,9 +60,8 @@ def validate_hf_model(cfg: RunConfig, P: list[Problem]) -> None:
         P.append(Problem("parallel.strategy", f"{cfg.parallel.strategy} with model.arch {m.arch}: {reason}"))
     if cfg.parallel.strategy in ("tp", "dp_tp") and model_type in HF_TYPES:
         validate_hf_tp(cfg, model_type, P)
-    if cfg.peft.method != "none":
-        P.append(Problem("peft.method", "LoRA and frozen fine-tuning of a Hugging Face model are not built yet; "
-                         "use peft.method: none (full fine-tuning)"))  # fmt: skip
+    if model_type in HF_TYPES:
+        validate_hf_peft(cfg, model_type, P)
     if cfg.distill.teacher:
         P.append(Problem("distill.teacher", "distillation into a Hugging Face model is not built yet"))
 
@@ -90,6 +90,31 @@ def validate_hf_tp(cfg: RunConfig, model_type: str, P: list[Problem]) -> None:
             P.append(Problem("parallel.tp_size", f"{field} {value} of model.arch {cfg.model.arch} does not divide "
                              f"by parallel.tp_size {tp}: each rank computes 1/tp_size of them; {fix} "
                              f"{where[field]} to a multiple of {tp}"))  # fmt: skip
+
+
+def validate_hf_peft(cfg: RunConfig, model_type: str, P: list[Problem]) -> None:
+    """peft.method and peft.target on a Hugging Face model (the keys alone: config/after_pretraining.py)."""
+    from workbench.config.schema import FINETUNE_STRATEGIES, PEFT_METHODS
+
+    pe = cfg.peft
+    if pe.method == "none" or pe.method not in PEFT_METHODS:
+        return
+    reason = hf_peft_refusal(cfg, model_type)
+    if reason:
+        P.append(Problem("peft.method", f"{pe.method} with model.arch {cfg.model.arch}: {reason}"))
+    if cfg.parallel.strategy not in FINETUNE_STRATEGIES:
+        P.append(Problem("peft.method", f"{pe.method} is built and tested on parallel.strategy "
+                         f"{' or '.join(FINETUNE_STRATEGIES)}, not {cfg.parallel.strategy!r}"))  # fmt: skip
+    if pe.method in ("lora", "adalora"):
+        known = hf_target_vocabulary(model_type)
+        tgt = pe.target
+        if not isinstance(tgt, (tuple, list)) or not tgt or not all(isinstance(x, str) for x in tgt):
+            P.append(Problem("peft.target", f"must be a list of module names of {model_type} ({', '.join(known)})"))
+        elif [x for x in tgt if x not in known]:
+            bad = [x for x in tgt if x not in known]
+            P.append(Problem("peft.target", f"{model_type} has no module {bad}: use {', '.join(known)}"))
+    if pe.method == "adalora" and is_int(cfg.max_steps) and cfg.max_steps < 3:
+        P.append(Problem("peft.method", "adalora reallocates its rank budget over the run: set max_steps >= 3"))
 
 
 def validate_files(cfg: RunConfig, P: list[Problem]) -> None:

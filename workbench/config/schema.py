@@ -28,7 +28,9 @@ DECAYS = ("cosine", "linear", "constant")
 PP_SCHEDULES = ("gpipe", "1f1b")
 DEVICES = ("auto", "cpu", "cuda")
 TASK_KINDS = ("lm", "mlm", "classify")  # mlm: masked-language pretraining of an encoder (hf:bert)
-PEFT_METHODS = ("none", "frozen", "lora")
+# none: every weight trains; frozen: the head only; lora; and for Hugging Face models also adalora, prefix, adapter
+PEFT_METHODS = ("none", "frozen", "lora", "adalora", "prefix", "adapter")
+GPT_PEFT_METHODS = ("none", "frozen", "lora")  # the reference GPT's
 # peft.target groups -> the reference GPT's Linear names (a bare name like "q" or "fc1" works too)
 LORA_TARGETS = {"attn": ("q", "k", "v", "o"), "mlp": ("fc1", "fc2")}
 FINETUNE_STRATEGIES = ("ddp",)  # classify / peft / distill are built and tested on plain data parallel
@@ -115,10 +117,18 @@ class TaskConfig:
 
 @dataclass(frozen=True)
 class PeftConfig:
-    method: str = "none"  # none: every weight trains; frozen: backbone frozen, head trains; lora: adapters
-    r: int = 8  # LoRA rank
+    # none: every weight trains; frozen: backbone frozen, head trains; lora: low-rank updates of peft.target;
+    # Hugging Face models also: adalora (AdaLoRA: the rank budget reallocated while training), prefix
+    # (Prefix-Tuning: peft.num_virtual_tokens trained keys/values per layer), adapter (a rank-r bottleneck
+    # beside the feed-forward output; workbench/finetune/hf_peft.py says which and why)
+    method: str = "none"
+    r: int = 8  # LoRA rank (adalora: the initial rank, half of it the target; adapter: the bottleneck width)
     alpha: float = 16.0  # LoRA scale: the update is (alpha / r) B A
-    target: tuple[str, ...] = ("attn", "mlp")  # attn = q k v o, mlp = fc1 fc2, or Linear names
+    # GPT: attn = q k v o, mlp = fc1 fc2, or Linear names. Hugging Face: module names of the type (query, value;
+    # q_proj, v_proj ...), attn / mlp = all of its attention / feed-forward ones; the default means peft's own
+    # per-type default (bert: query, value; llama, mistral, qwen2: q_proj, v_proj; gpt2: c_attn)
+    target: tuple[str, ...] = ("attn", "mlp")
+    num_virtual_tokens: int = 8  # prefix: virtual tokens (trained keys and values) prepended in every layer
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ One module per concept:
     task.py        the synthetic sentiment task (SentimentTask), its splits, chance and Bayes accuracy
     classifier.py  GPTClassifier (the GPT with a score head) and bare_model (the model a config describes)
     lora.py        PEFT: LoRA adapters through peft, their parameter count by formula
+    hf_peft.py     PEFT on Hugging Face models: frozen, lora, adalora, prefix, adapter (peft), AdaLoRA's step hook
     load.py        a finished run's model (load_model, LoRA merged), its config, its folder
     build.py       the model a fine-tuning config trains: init_from's weights, then the PEFT method
     distill.py     knowledge distillation: the teacher and the loss
@@ -27,6 +28,7 @@ here, so ``from workbench import finetune as ft; ft.build(cfg)`` works as it alw
 from workbench.finetune.build import active, build, trainable_params
 from workbench.finetune.classifier import GPTClassifier, bare_model
 from workbench.finetune.distill import distill_loss, distill_step_loss, load_teacher
+from workbench.finetune.hf_peft import adalora_hook, merge_hf_peft, peft_trainable, wrap_hf_peft
 from workbench.finetune.load import launch_dir, load_model, logits_of, read_weights, run_config, run_path
 from workbench.finetune.lora import lora_modules, lora_param_count, wrap_lora
 from workbench.finetune.metrics import classification_metrics, eval_event, evaluate, first_event
@@ -47,6 +49,7 @@ __all__ = [
     "GPTClassifier",
     "SentimentTask",
     "active",
+    "adalora_hook",
     "bare_model",
     "bayes_accuracy",
     "build",
@@ -64,11 +67,14 @@ __all__ = [
     "logits_of",
     "lora_modules",
     "lora_param_count",
+    "merge_hf_peft",
+    "peft_trainable",
     "read_weights",
     "run_config",
     "run_path",
     "sentiment_task",
     "task_arrays",
     "trainable_params",
+    "wrap_hf_peft",
     "wrap_lora",
 ]

@@ -31,6 +31,10 @@ def build(cfg: RunConfig) -> nn.Module:
         if fresh:
             raise RuntimeError(f"init_from {cfg.init_from!r} lacks weights for {fresh}")
         model.load_state_dict(take, strict=False)
+    if cfg.model.arch.startswith("hf:"):
+        from workbench.finetune.hf_peft import wrap_hf_peft
+
+        return wrap_hf_peft(cfg, model)  # frozen, lora, adalora, prefix, adapter (finetune/hf_peft.py)
     if cfg.peft.method == "frozen":
         # linear probing: the backbone is a fixed feature extractor, only the head learns
         model.requires_grad_(False)

@@ -11,6 +11,7 @@ import torch.nn as nn
 
 from workbench.config import RunConfig, is_import_string, model_checkpoint
 from workbench.finetune.classifier import bare_model
+from workbench.finetune.hf_peft import merge_hf_peft, wrap_hf_peft
 from workbench.finetune.lora import wrap_lora
 
 if TYPE_CHECKING:
@@ -73,7 +74,10 @@ def load_model(run: str | Run, merge: bool = True) -> nn.Module:
             f"model.arch {cfg.model.arch!r} of {path!r}: cannot import {e.name!r} from the launch folder "
             f"{launch_dir(path)!r}; run from the folder you trained in, or put the module on PYTHONPATH"
         ) from e
-    if cfg.peft.method == "lora":
+    hf = cfg.model.arch.startswith("hf:")
+    if hf and cfg.peft.method != "none":
+        model = wrap_hf_peft(cfg, model)
+    elif cfg.peft.method == "lora":
         model = wrap_lora(cfg, model)
     sd = read_weights(ckpt)
     missing, unexpected = model.load_state_dict(sd, strict=False)
@@ -83,7 +87,9 @@ def load_model(run: str | Run, merge: bool = True) -> nn.Module:
     missing = [k for k in missing if not k.endswith("head.weight") and k in own]
     if missing or unexpected:
         raise RuntimeError(f"checkpoint {ckpt} does not match its config: missing {missing}, unexpected {unexpected}")
-    if cfg.peft.method == "lora" and merge:
+    if hf and merge:
+        model = merge_hf_peft(cfg, model)
+    elif cfg.peft.method == "lora" and merge:
         model = model.merge_and_unload()
     model.requires_grad_(False)
     return model.eval()

@@ -58,6 +58,7 @@ class HFModel(nn.Module):
         model_type = getattr(hf.config, "model_type", None)
         # One block's module path -> "colwise" | "rowwise" for parallel/tensor.py; None: tp refused (config/hf.py)
         self.tp_plan_names = hf_tp_plan(model_type) if model_type in HF_TP_MODULES else None
+        self.call: Any = None  # (hf, input_ids, labels, **kw) -> output, replacing self.hf(...) (Prefix-Tuning)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         kw: dict[str, Any] = {}
@@ -70,7 +71,7 @@ class HFModel(nn.Module):
             flat = [F.cross_entropy(lg.float().flatten(0, 1), t.flatten(), ignore_index=-100)
                     for lg, t in zip(logits.chunk(self.loss_groups), y.chunk(self.loss_groups), strict=True)]  # fmt: skip
             return logits, torch.stack(flat).mean()
-        out = self.hf(input_ids=x, labels=y, **kw)
+        out = self.hf(input_ids=x, labels=y, **kw) if self.call is None else self.call(self.hf, x, y, **kw)
         return out.logits, out.loss
 
     def flops_per_token(self) -> int:

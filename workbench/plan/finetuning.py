@@ -32,6 +32,8 @@ def finetune_counts(
         head, total = s.task_head_params, N
     tensors = n_tensors + (2 if classify else 0)
     trainable = total
+    if cfg.model.arch.startswith("hf:") and method != "none":
+        return hf_peft_counts(cfg, s, N, n_tensors, approximate, notes)
 
     # The LM's head and loss (counted by outer_activation_bytes) against what replaces them.
     lm_tail = lambda B: B * T * (a * d + 4 * V + 8) + (a * V * d if p.autocast else 0)  # noqa: E731
@@ -65,3 +67,22 @@ def finetune_counts(
             approximate.append("activation_bytes")
     notes.append(f"fine-tuning: {trainable:,} of {total:,} parameters train (grads and optimizer state for those)")
     return total, trainable, tensors, delta
+
+
+def hf_peft_counts(
+    cfg: RunConfig, s: TransformerShape, N: int, n_tensors: int, approximate: list[str], notes: list[str]
+) -> tuple[int, int, int, Callable[[int], int]]:
+    """A Hugging Face model under peft.method (workbench/finetune/hf_peft.py): parameters held (peft keeps the
+    original head beside the trained copy), trainable, their tensors. Saved activations: the full model's,
+    marked approximate (a frozen backbone saves less, a prefix more)."""
+    from workbench.models.hf_config import model_type_of
+    from workbench.models.hf_peft import hf_peft_tensors, hf_peft_trainable
+
+    model_type = model_type_of(cfg.model.arch)
+    head = s.task_head_params or 0
+    trainable = hf_peft_trainable(cfg, s, model_type)
+    total = N if cfg.peft.method == "frozen" else N + trainable  # the adapters, and a copy of the head
+    approximate.append("activation_bytes")
+    notes.append(f"fine-tuning ({cfg.peft.method}): {trainable:,} of {total:,} parameters train, {head:,} of them "
+                 "the head (grads and optimizer state for those)")  # fmt: skip
+    return total, trainable, hf_peft_tensors(cfg, s, model_type), lambda B: 0
