@@ -53,3 +53,30 @@ def pytest_configure(config):
 
     for threads in (1, 2):  # one per process under 2-process launches, both cores for one process
         cpu_peak_flops("fp32", threads=threads)
+
+
+# The files that train the most, slowest first (wall seconds each, measured with `pytest -n 3 --durations` on
+# the 2-core machine, 2026-11-30). `--dist loadfile` hands whole files to the workers in collection order:
+# started last, a long file would run on alone at the end while the other workers sit idle.
+LONGEST_FIRST = (
+    "tests/test_parallel.py",  # 372
+    "tests/test_reliability.py",  # 238
+    "tests/test_finetune.py",  # 165
+    "notebooks/09_finetuning.ipynb",  # 162
+    "tests/test_train.py",  # 159
+    "notebooks/05_model_parallel.ipynb",  # 98
+    "tests/test_widgets.py",  # 87
+    "notebooks/02_mixed_precision.ipynb",  # 81
+    "tests/test_hf.py",  # 79
+    "notebooks/14_hugging_face.ipynb",  # 71
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Longest files first (see LONGEST_FIRST); the rest keep their order, the items within a file too."""
+
+    def rank(item) -> int:
+        path = os.path.relpath(str(item.path), ROOT)
+        return LONGEST_FIRST.index(path) if path in LONGEST_FIRST else len(LONGEST_FIRST)
+
+    items.sort(key=rank)  # stable: a file's own items stay in order
