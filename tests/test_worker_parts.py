@@ -98,6 +98,12 @@ def test_killed_rank_wins_over_a_survivor_that_lost_its_peer(tmp_path):
         "  rank : 0 (local_rank: 0)\n  exitcode : 1 (pid: 123)\n"
     )
     assert explain_failure(str(tmp_path), 1).startswith("rank 1 died (SIGKILL)")
+    # gloo's other wording for the same thing (seen in CI, pair.cc:553)
+    gloo = "RuntimeError: [gloo/transport/tcp/pair.cc:553] Connection closed ... typically caused by a remote worker crashing."
+    (tmp_path / "elastic" / "none_abc" / "attempt_0" / "0" / "error.json").unlink()
+    (tmp_path / "elastic" / "none_abc" / "attempt_0" / "0").rmdir()
+    _error_file(tmp_path, 0, gloo, 1000)
+    assert explain_failure(str(tmp_path), 1).startswith("rank 1 died (SIGKILL)")
     # a real exception on a rank is never overruled by a killed rank
     _error_file(tmp_path, 2, "ValueError: the real cause", 999)
     assert explain_failure(str(tmp_path), 1).startswith("rank 2 raised ValueError")

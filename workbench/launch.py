@@ -278,7 +278,9 @@ def elastic_root_cause(stderr_tail: str) -> tuple[int, int] | None:
     return (int(m.group(1)), int(m.group(2))) if m else None
 
 
-_PEER_GONE = re.compile(r"Read error|Connection closed by peer|Connection reset by peer|Broken pipe", re.I)
+# gloo's words for a peer that went away: "Read error", "Connection closed by peer", and (pair.cc:553) "Connection
+# closed ... typically caused by a remote worker crashing"
+_PEER_GONE = re.compile(r"Read error|Connection closed|Connection reset by peer|Broken pipe|remote worker crash", re.I)
 
 
 def signalled_ranks(stderr_tail: str, errors: dict[int, RankError]) -> list[tuple[int, int]]:
