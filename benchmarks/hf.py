@@ -22,14 +22,14 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 
+from overhead import bare_tokens_per_s, workbench_tokens_per_s  # benchmarks/: the same timing as overhead.py
+
 import workbench as wb
 from workbench.data.files import load_rows, pack, split_rows, stdlib_corpus, tokenizer_for
-from workbench.launch import accelerate_command, free_port, write_accelerate_config
 
 BARE = r'''
 """The bare loop: what a person would write by hand with Accelerate and transformers for the same training."""
@@ -77,27 +77,6 @@ def load() -> float:
     return round(os.getloadavg()[0], 2)
 
 
-def bare_tokens_per_s(cfg: wb.RunConfig, tmp: str, prepared: str, warmup: int) -> float:
-    script = os.path.join(tmp, "bare.py")
-    with open(script, "w") as f:
-        f.write(BARE)
-    cfg_path = os.path.join(tmp, "bare.yaml")
-    cfg.to_yaml(cfg_path)
-    cmd, env = accelerate_command(cfg, cfg_path, free_port(), config_file=write_accelerate_config(cfg, tmp))
-    cmd = cmd[: cmd.index("-m", 3)] + [script, cfg_path, prepared, str(warmup), os.path.join(tmp, "bare.json")]
-    subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    r = json.load(open(os.path.join(tmp, "bare.json")))
-    return r["steps"] * cfg.tokens_per_step / (r["t1"] - r["t0"])
-
-
-def workbench_tokens_per_s(cfg: wb.RunConfig, warmup: int) -> float:
-    run = wb.launch(cfg, overwrite=True)
-    run.wait()
-    assert run.status == "finished", run.error
-    t = {m["step"]: m["time"] for m in run.metrics()}
-    return (cfg.max_steps - warmup) * cfg.tokens_per_step / (t[cfg.max_steps] - t[warmup])
-
-
 def pipeline(cfg: wb.RunConfig, cache: str) -> dict[str, float]:
     """Seconds and MB/s of each stage of data.source files, measured here on one process."""
     t0 = time.perf_counter()
@@ -127,7 +106,7 @@ def throughput(cfg: wb.RunConfig, tmp: str, warmup: int, repeats: int) -> dict[s
         before = load()
         ours = workbench_tokens_per_s(cfg, warmup)
         mid = load()
-        bare = bare_tokens_per_s(cfg, tmp, prepared, warmup)
+        bare = bare_tokens_per_s(cfg, tmp, warmup, source=BARE, extra=(prepared,))
         runs.append({"repeat": i, "workbench": round(ours), "bare": round(bare), "ratio": round(ours / bare, 4),
                      "load_before": before, "load_between": mid, "load_after": load()})  # fmt: skip
         print(runs[-1], flush=True)

@@ -62,14 +62,18 @@ if acc.is_main_process:
 '''
 
 
-def bare_tokens_per_s(cfg: wb.RunConfig, tmp: str, warmup: int) -> float:
+def bare_tokens_per_s(
+    cfg: wb.RunConfig, tmp: str, warmup: int, source: str = BARE, extra: tuple[str, ...] = ()
+) -> float:
+    """tokens/s of a hand-written Accelerate loop (``source``: called as SCRIPT CONFIG *extra WARMUP OUT, it
+    writes the perf_counter times t0, t1 of steps warmup and max_steps), launched as the workbench launches."""
     script = os.path.join(tmp, "bare.py")
     with open(script, "w") as f:
-        f.write(BARE)
+        f.write(source)
     cfg_path = os.path.join(tmp, "bare.yaml")
     cfg.to_yaml(cfg_path)
     cmd, env = accelerate_command(cfg, cfg_path, free_port(), config_file=write_accelerate_config(cfg, tmp))
-    cmd = cmd[: cmd.index("-m", 3)] + [script, cfg_path, str(warmup), os.path.join(tmp, "bare.json")]
+    cmd = cmd[: cmd.index("-m", 3)] + [script, cfg_path, *extra, str(warmup), os.path.join(tmp, "bare.json")]
     subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     r = json.load(open(os.path.join(tmp, "bare.json")))
     return r["steps"] * cfg.tokens_per_step / (r["t1"] - r["t0"])
