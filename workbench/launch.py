@@ -130,6 +130,11 @@ def _env_with_project_on_path() -> dict[str, str]:
     return env
 
 
+def cpu_share(num_processes: int, concurrent_runs: int = 1) -> int:
+    """CPU threads per process when concurrent_runs runs of num_processes processes share this machine's cores."""
+    return max(1, (os.cpu_count() or 1) // (num_processes * concurrent_runs))
+
+
 def accelerate_command(
     cfg: RunConfig,
     config_path: str,
@@ -179,7 +184,7 @@ def accelerate_command(
         # divide the cores between them. Oversubscribed OpenMP threads spin while they wait for each other;
         # measured on 2 cores with other jobs running: a 20-step 1-process quickstart run took 14.1 s of CPU
         # (40 s) with 2 threads and 3.3 s (4 s) with 1.
-        env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // n)))
+        env.setdefault("OMP_NUM_THREADS", str(cpu_share(n)))
     cmd += ["-m", "workbench.worker", config_path] + (["--resume"] if resume else [])
     return cmd, env
 

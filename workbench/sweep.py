@@ -118,9 +118,11 @@ def cpu_threads(cfg: RunConfig, parallel_runs: int) -> int | None:
     """Threads per rank when parallel_runs CPU runs train side by side: the cores shared out among all their
     processes (each run alone would take them all, and oversubscribed OpenMP threads spin). None: on GPUs, or
     when the caller chose OMP_NUM_THREADS."""
+    from workbench.launch import cpu_share
+
     if effective_device(cfg) != "cpu" or "OMP_NUM_THREADS" in os.environ:
         return None
-    return max(1, (os.cpu_count() or 1) // (cfg.parallel.num_processes * parallel_runs))
+    return cpu_share(cfg.parallel.num_processes, parallel_runs)
 
 
 def sweep(base_cfg: RunConfig, grid: dict[str, list[Any]], parallel_runs: int = 1, overwrite: bool = False) -> Sweep:
