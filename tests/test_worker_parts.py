@@ -104,6 +104,12 @@ def test_killed_rank_wins_over_a_survivor_that_lost_its_peer(tmp_path):
     (tmp_path / "elastic" / "none_abc" / "attempt_0" / "0").rmdir()
     _error_file(tmp_path, 0, gloo, 1000)
     assert explain_failure(str(tmp_path), 1).startswith("rank 1 died (SIGKILL)")
+    # the agent's own log line names local_rank 0 with its exit code before the summary (seen in CI): not an entry
+    (tmp_path / "stderr.log").write_text(
+        "E1130 api.py:1002] failed (exitcode: -15) local_rank: 0 (pid: 123) of binary: python\n"
+        + (tmp_path / "stderr.log").read_text().replace("exitcode : 1 (pid: 123)", "exitcode : -15 (pid: 123)")
+    )
+    assert explain_failure(str(tmp_path), 1).startswith("rank 1 died (SIGKILL)")
     # a real exception on a rank is never overruled by a killed rank
     _error_file(tmp_path, 2, "ValueError: the real cause", 999)
     assert explain_failure(str(tmp_path), 1).startswith("rank 2 raised ValueError")

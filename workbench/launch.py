@@ -273,7 +273,9 @@ def rank_errors(run_dir: str) -> dict[int, RankError]:
 
 # torchelastic's failure summary: the one thing its error files cannot say is how a rank that never raised
 # died (a signal). Only that exit code is read from its stderr.
-_FAILED_RANK = re.compile(r"rank\s*:\s*(\d+).*?exitcode\s*:\s*(-?\d+)", re.S)
+# One entry of its summary: "  rank      : 1 (local_rank: 1)" and on the next line "  exitcode  : -9 (pid: ...)".
+# Line by line: the agent's own log lines say "failed (exitcode: -15) local_rank: 0" earlier in the same stderr.
+_FAILED_RANK = re.compile(r"^\s*rank\s*:\s*(\d+)\s*\(local_rank:\s*\d+\)\s*\n\s*exitcode\s*:\s*(-?\d+)", re.M)
 
 
 def elastic_root_cause(stderr_tail: str) -> tuple[int, int] | None:
