@@ -96,7 +96,10 @@ def test_health_and_unknown_paths(lm_server):
 
 def test_classify_and_batching_change_no_answer(quickstart):
     served = served_model(quickstart, "classify")
-    plain, batched = start(served), start(served, batch_wait_ms=50)
+    plain, batched = (
+        start(served),
+        start(served, batch_wait_ms=500),
+    )  # only while requests are in flight: lone ones never wait
     try:
         xs = [torch.randint(0, 64, (n, 16), generator=torch.Generator().manual_seed(n)) for n in (1, 2, 3, 2)]
         xs.append(torch.randint(0, 64, (2, 8)))  # another length: its own forward pass inside the batch
