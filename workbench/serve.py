@@ -18,7 +18,8 @@ integers in [0, vocab), a length above ``model.seq_len`` or a batch above ``max_
 message naming what was wrong; the server never dies of a request.
 
 Batching: with ``batch_wait_ms > 0`` a single model thread collects the requests that arrive within that window
-(up to ``max_batch`` rows; it waits only while other requests are in flight, so a lone client pays nothing),
+(up to ``max_batch`` rows; it waits only while other requests are in flight — received, not yet answered — so a
+lone client pays nothing),
 runs the sequences of equal length as one forward pass and hands each request its rows back. Without it each request runs its own forward pass, one at a time (a lock: concurrent forwards on
 the same CPU cores only fight over them). ``benchmarks/serve.py`` measures both.
 """
@@ -29,7 +30,9 @@ import json
 import queue
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import Future
+from contextlib import contextmanager
 from dataclasses import dataclass
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -43,6 +46,7 @@ from workbench.finetune.load import load_model, logits_of, run_config, run_path
 HOST = "127.0.0.1"  # servers listen on the loopback address only
 MAX_BODY_BYTES = 4 * 1024 * 1024
 MAX_BATCH = 64
+POLL_S = 0.005  # how often a batching window re-reads the number of requests in flight
 UNREAD_BODY = (HTTPStatus.LENGTH_REQUIRED, HTTPStatus.REQUEST_ENTITY_TOO_LARGE)
 
 
@@ -128,7 +132,7 @@ class Runner:
         self.lock = threading.Lock()
         self.queue: queue.Queue[tuple[torch.Tensor, Future]] = queue.Queue()
         self.batches = 0  # forward passes run (the batching's effect: fewer than requests)
-        self.inflight = 0  # requests handed to the batcher and not answered yet
+        self.inflight = 0  # requests received and not answered yet (Runner.request)
         if self.batch_wait_s > 0:
             threading.Thread(target=self.batch_loop, name="workbench-serve-batcher", daemon=True).start()
 
@@ -138,11 +142,17 @@ class Runner:
                 self.batches += 1
                 return self.served.forward(x)
         fut: Future = Future()
+        self.queue.put((x, fut))
+        return fut.result()
+
+    @contextmanager
+    def request(self) -> Iterator[None]:
+        """One request in flight, from its arrival (before its body is read and checked) until it is answered or
+        refused: the batching window waits for requests the server already holds, not for ones that may never come."""
         with self.lock:
             self.inflight += 1
         try:
-            self.queue.put((x, fut))
-            return fut.result()
+            yield
         finally:
             with self.lock:
                 self.inflight -= 1
@@ -154,10 +164,10 @@ class Runner:
         rows = items[0][0].shape[0]
         deadline = time.monotonic() + self.batch_wait_s
         while rows < self.max_batch and len(items) < self.inflight and (left := deadline - time.monotonic()) > 0:
-            try:
-                item = self.queue.get(timeout=left)
+            try:  # a short timeout re-reads inflight, which falls as answered clients leave
+                item = self.queue.get(timeout=min(left, POLL_S))
             except queue.Empty:
-                break
+                continue
             items.append(item)
             rows += item[0].shape[0]
         return items
@@ -214,12 +224,16 @@ class Handler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:  # noqa: N802 (http.server's name)
         try:
-            self.reply(HTTPStatus.OK, self.answer(self.read_body()))
+            with self.server.runner.request():
+                doc = self.answer(self.read_body())
         except RequestError as e:
             self.close_connection = e.status in UNREAD_BODY  # the rest of the body would be read as a request
             self.reply(e.status, {"error": str(e)})
+            return
         except Exception as e:  # the model itself failed: the client hears why, the server goes on
             self.reply(HTTPStatus.INTERNAL_SERVER_ERROR, {"error": f"{type(e).__name__}: {e}"})
+            return
+        self.reply(HTTPStatus.OK, doc)
 
     def read_body(self) -> bytes:
         try:
