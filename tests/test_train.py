@@ -109,7 +109,10 @@ def test_big_batch_equals_accumulation_equals_data_parallel(workdir, quickstart)
 
 @pytest.mark.parametrize("precision,dtype", [("bf16", "torch.bfloat16"), ("fp16", "torch.float16")])
 def test_mixed_precision_on_cpu_is_real(workdir, small, precision, dtype):
-    run = finished(wb.launch(small.override({"name": precision, "precision": precision, "max_steps": 10})))
+    """One process: the claim is about the dtype the Linears compute in, not about ranks (test_parallel.py
+    runs bf16 and fp16 on every two-process layout)."""
+    one = {"parallel.num_processes": 1, "micro_batch_size": 2 * small.micro_batch_size}
+    run = finished(wb.launch(small.override({"name": precision, "precision": precision, "max_steps": 10, **one})))
     ls = losses(run)
     assert all(x == x and abs(x) < 1e6 for x in ls)
     # fp16 really computes in fp16 (Accelerate alone would silently run fp32 on CPU)
