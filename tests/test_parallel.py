@@ -246,15 +246,22 @@ def test_activation_checkpointing_same_trajectory_less_saved(runner, reference, 
     assert 0 < saved < 0.5 * plain, (saved, plain)
 
 
+# Short runs (6 steps, all inside the warm-up, so the lr matches the 20-step reference's). zero3 also checkpoints
+# activations: recomputing changes no number, and the plan's check below needs bf16 with checkpointing.
+MIXED = {
+    "zero1_fp16": {**LAYOUTS["zero1"], "precision": "fp16", "max_steps": 6},
+    "zero3_bf16_ac": {**LAYOUTS["zero3"], "precision": "bf16", "activation_checkpointing": True, "max_steps": 6},
+    "tp_bf16": {**LAYOUTS["tp"], "precision": "bf16", "max_steps": 6},
+    "pp_1f1b_bf16": {**LAYOUTS["pp_1f1b"], "precision": "bf16", "max_steps": 6},
+    "ps_bf16": {**LAYOUTS["ps"], "precision": "bf16", "max_steps": 6},
+}
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize(
-    "layout,precision",
-    [("zero1", "fp16"), ("zero3", "bf16"), ("tp", "bf16"), ("pp_1f1b", "bf16"), ("ps", "bf16")],
-)
-def test_mixed_precision_per_layout(runner, reference, layout, precision):
-    """Short runs (6 steps, all inside the warm-up, so the lr matches the 20-step reference's)."""
-    run = runner(f"{layout}_{precision}", {**LAYOUTS[layout], "precision": precision, "max_steps": 6})
-    dtype = {"bf16": "torch.bfloat16", "fp16": "torch.float16"}[precision]
+@pytest.mark.parametrize("name", list(MIXED))
+def test_mixed_precision_per_layout(runner, reference, name):
+    run = runner(name, MIXED[name])
+    dtype = {"bf16": "torch.bfloat16", "fp16": "torch.float16"}[MIXED[name]["precision"]]
     assert run.info["effective"]["compute_dtype"] == dtype  # the Linears really computed in it
     got, ref = losses(run), losses(reference)[:6]
     assert max(abs(a - b) for a, b in zip(ref, got, strict=True)) < 2e-2  # rounding, not a different model
@@ -333,19 +340,19 @@ def test_every_layout_valid_on_two_processes(quickstart):
 
 # ---------------------------------------------------------------------------------------------------------
 # the plan against real runs: status.json "measured" vs "planned", per rank, for every layout. The runs are
-# the ones the tests above already made (the runner shares them), plus two that combine bf16 with activation
-# checkpointing, so no layout is launched twice for the plan.
+# the ones the tests above already made (the runner shares them), plus one that combines bf16 with activation
+# checkpointing on DDP, so no layout is launched twice for the plan.
 
 PLAN_TARGET = {"param_bytes": 0.01, "grad_bytes": 0.01, "optimizer_bytes": 0.01, "activation_bytes": 0.10}
 PLAN_GRID = {  # run name (the runner's) -> its overrides; every layout the config offers, each at least once
     "ddp_bf16_ac": {**LAYOUTS["ddp"], "precision": "bf16", "activation_checkpointing": True, "max_steps": 1},
-    "zero1_fp16": {**LAYOUTS["zero1"], "precision": "fp16", "max_steps": 6},
+    "zero1_fp16": MIXED["zero1_fp16"],
     "zero2": LAYOUTS["zero2"],
-    "zero3_bf16_ac": {**LAYOUTS["zero3"], "precision": "bf16", "activation_checkpointing": True, "max_steps": 1},
-    "tp_bf16": {**LAYOUTS["tp"], "precision": "bf16", "max_steps": 6},
+    "zero3_bf16_ac": MIXED["zero3_bf16_ac"],
+    "tp_bf16": MIXED["tp_bf16"],
     "dp_tp": LAYOUTS["dp_tp"],
     "pp_gpipe": LAYOUTS["pp_gpipe"],
-    "pp_1f1b_bf16": {**LAYOUTS["pp_1f1b"], "precision": "bf16", "max_steps": 6},
+    "pp_1f1b_bf16": MIXED["pp_1f1b_bf16"],
     "ps": LAYOUTS["ps"],
 }
 

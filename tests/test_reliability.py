@@ -325,7 +325,7 @@ def test_divergence_is_caught(workdir, small, precision, optimizer, processes):
 LAUNCH_AND_EXIT = """
 import workbench as wb
 cfg = wb.RunConfig.from_yaml({q!r}).override({{"name": "orphan", "max_steps": 60, "log_every": 2, "eval_every": 0,
-                                               "schedule.warmup_steps": 5}})
+                                               "schedule.warmup_steps": 5, "parallel.num_processes": 1}})
 run = wb.launch(cfg)
 print(run.path)
 """

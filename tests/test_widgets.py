@@ -640,7 +640,8 @@ def test_dashboard_shows_a_failed_run_and_its_error(small, workdir):
 
 @pytest.mark.slow
 def test_stop_button_stops_the_run(small, workdir):
-    run = wb.launch(_tiny(small, "stoppable", max_steps=5000, log_every=5, eval_every=0))
+    one = {"parallel.num_processes": 1}  # the button's job is the run's, however many ranks it has
+    run = wb.launch(_tiny(small, "stoppable", max_steps=5000, log_every=5, eval_every=0, **one))
     db = Dashboard(run)
     t0 = time.monotonic()
     while not run.metrics() and time.monotonic() - t0 < 120:
