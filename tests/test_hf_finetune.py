@@ -105,6 +105,30 @@ def test_each_method_learns_with_the_base_frozen():
         assert calls == (list(range(6)) if method == "adalora" else [])
 
 
+def test_int8_quantizes_gpt2_conv1d_blocks():
+    """GPT-2's projections are transformers' Conv1D, not nn.Linear: quantization swaps each for the Linear it
+    equals first, so the block weights become int8 too, and the model computes what it did within int8 error."""
+    from workbench.compress import conv1d_as_linear, prunable_linears, quantize_dynamic_int8
+
+    cfg = BERT.override({"model.arch": "hf:gpt2", "task.kind": "lm"})
+    model = built(cfg).eval()
+    conv = [n for n, _ in prunable_linears(model)]
+    assert len(conv) == 4 * cfg.model.n_layer  # c_attn, c_proj, c_fc, mlp.c_proj per block
+    x = torch.randint(0, cfg.data.vocab_size, (4, 16), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        want = ft.logits_of(model(x))
+        swapped = ft.build(cfg)
+        swapped.load_state_dict(model.state_dict())
+        assert conv1d_as_linear(swapped.eval()) == len(conv)
+        assert torch.allclose(ft.logits_of(swapped(x)), want, atol=1e-5)  # the same function, W transposed
+        q = quantize_dynamic_int8(model)
+        got = ft.logits_of(q(x))
+    quantized = {n for n, m in q.named_modules() if type(m).__name__ == "Linear" and "quantized" in type(m).__module__}
+    assert set(conv) <= quantized, set(conv) - quantized  # every block weight in int8
+    assert [n for n, m in model.named_modules() if type(m).__name__ == "Conv1D"] == conv  # the original untouched
+    assert (got - want).abs().max() < 0.1 * want.abs().max()  # int8 rounding, not another model
+
+
 # ---- real runs: a tiny BERT pretrained once, fine-tuned with peft methods on 2 processes ----
 
 
@@ -166,3 +190,9 @@ def test_lora_and_adalora_runs_merge_and_export(pretrained):
     report = export_onnx(runs["lora"].path)
     assert report.parity and report.output_shape[1] == 3
     assert os.path.isfile(report.path)
+    # int8 and pruning take the same run: the block Linears shrink or lose their smallest weights, measured
+    quant = wb.quantize(runs["lora"])
+    fp32, int8 = quant.row("fp32"), quant.row("int8 dynamic")
+    assert int8.size_bytes < 0.7 * fp32.size_bytes and set(int8.metrics) == set(fp32.metrics) >= {"accuracy", "f1"}
+    pruned = wb.prune(runs["lora"], [0.5]).row("pruned 50%")
+    assert pruned.zeros == round(0.5 * pruned.prunable) and pruned.prunable == 2 * (4 * 64 * 64 + 2 * 64 * 256)

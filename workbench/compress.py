@@ -10,6 +10,7 @@ each variant's state dict under RUN/compressed/ so its size on disk is a real fi
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import time
@@ -175,15 +176,38 @@ def _latencies(models: dict[str, nn.Module], x: torch.Tensor) -> dict[str, float
 # quantization
 
 
+def conv1d_as_linear(model: nn.Module) -> int:
+    """Swap every transformers ``Conv1D`` (GPT-2's attention and MLP projections: y = x @ W + b with W stored
+    (in, out)) for the nn.Linear it equals, W transposed, in place; returns how many. Dynamic quantization
+    converts nn.Linear only: without this a GPT-2 would keep every block weight in fp32."""
+    swapped = 0
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if type(child).__name__ != "Conv1D":
+                continue
+            n_in, n_out = child.weight.shape
+            lin = nn.Linear(n_in, n_out, bias=child.bias is not None)
+            with torch.no_grad():
+                lin.weight.copy_(child.weight.t())
+                if child.bias is not None:
+                    lin.bias.copy_(child.bias)
+            setattr(parent, name, lin)
+            swapped += 1
+    return swapped
+
+
 def quantize_dynamic_int8(model: nn.Module) -> nn.Module:
-    """Dynamic int8 quantization of every nn.Linear: int8 weights (one scale per tensor), activations
-    quantized on the fly per batch, int8 matmuls with int32 accumulation (fbgemm/x86 kernels on CPU)."""
+    """Dynamic int8 quantization of every nn.Linear (and transformers' Conv1D, as the Linear it is): int8
+    weights (one scale per tensor), activations quantized on the fly per batch, int8 matmuls with int32
+    accumulation (fbgemm/x86 kernels on CPU). Returns a new model; the one given is left as it was."""
+    model = copy.deepcopy(model)
+    conv1d_as_linear(model)
     with warnings.catch_warnings():
         # torch.ao.quantization is marked deprecated in favour of torchao, which is not a dependency here;
         # quantize_dynamic is still shipped and works in this torch.
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.simplefilter("ignore", UserWarning)
-        return torch.ao.quantization.quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8)
+        return torch.ao.quantization.quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8, inplace=True)
 
 
 def quantize(run: str | Run, batch_size: int | None = None) -> CompressionReport:
