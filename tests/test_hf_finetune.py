@@ -195,4 +195,5 @@ def test_lora_and_adalora_runs_merge_and_export(pretrained):
     fp32, int8 = quant.row("fp32"), quant.row("int8 dynamic")
     assert int8.size_bytes < 0.7 * fp32.size_bytes and set(int8.metrics) == set(fp32.metrics) >= {"accuracy", "f1"}
     pruned = wb.prune(runs["lora"], [0.5]).row("pruned 50%")
-    assert pruned.zeros == round(0.5 * pruned.prunable) and pruned.prunable == 2 * (4 * 64 * 64 + 2 * 64 * 256)
+    h, i = merged.hf.config.hidden_size, merged.hf.config.intermediate_size  # q k v o, intermediate and output
+    assert pruned.zeros == round(0.5 * pruned.prunable) and pruned.prunable == 2 * (4 * h * h + 2 * h * i)
