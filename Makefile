@@ -30,8 +30,9 @@ lint: dev
 # The venv's bin on PATH: tests and notebooks call the `workbench` and `accelerate` commands, as a user would.
 # Three pytest workers, one file each at a time (module fixtures stay shared): much of a multi-process test is
 # spent starting processes and waiting on them, so files side by side keep both cores busy.
+PYTEST_WORKERS ?= 3
 test: lint
-	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -q -n 3 --dist loadfile tests --nbval-lax notebooks
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile tests --nbval-lax notebooks
 
 format: dev
 	$(BIN)/ruff check --fix .
