@@ -125,13 +125,17 @@ def tp_runs(tmp_path_factory):
                                  "grad_accum_steps": 1, "runs_dir": str(folder / "runs")})  # fmt: skip
     runs = {}
     for strategy, tp in (("ddp", 1), ("tp", 2)):
-        cfg = base.override({"name": f"llama-{strategy}", "parallel.strategy": strategy, "parallel.tp_size": tp})
+        cfg = base.override({"name": f"llama-{strategy}", "parallel.strategy": strategy, "parallel.tp_size": tp,
+                             "checkpoint_every": 10})  # fmt: skip
         assert cfg.validate() == []
-        r = wb.launch(cfg)
-        r.wait(timeout=600)
-        assert r.status == "finished", r.error
-        runs[strategy] = r
+        runs[strategy] = finished(wb.launch(cfg))
     return runs
+
+
+def finished(run: wb.Run) -> wb.Run:
+    run.wait(timeout=600)
+    assert run.status == "finished", run.error
+    return run
 
 
 def test_llama_tp_matches_ddp_and_the_plan(tp_runs):
@@ -167,3 +171,20 @@ def test_mlm_loss_over_a_pooled_batch_is_ddps_mean_of_means():
     grouped = model(x, y)[1]
     assert torch.allclose(grouped, (each[0] + each[1]) / 2, atol=1e-6)
     assert not torch.allclose(pooled, grouped, atol=1e-3)
+
+
+def test_llama_tp_resumes_from_its_sharded_checkpoint(tp_runs):
+    """A copy of the tp run without its last checkpoint resumes from step 10 (each rank's DTensor shards read
+    back) and trains steps 11-20 to the same losses."""
+    import os
+    import shutil
+
+    full = tp_runs["tp"]
+    again = full.config.override({"name": "llama-tp-resumed"})
+    shutil.copytree(full.path, again.run_dir)
+    shutil.rmtree(os.path.join(again.run_dir, "checkpoints", "step_20"))
+    resumed = finished(wb.launch(again, resume=True))
+    a = {m["step"]: m["loss"] for m in full.metrics()}
+    b = {m["step"]: m["loss"] for m in resumed.metrics()}
+    assert sorted(b) == list(range(1, 21))
+    assert max(abs(a[s] - b[s]) for s in range(11, 21)) < 1e-6
