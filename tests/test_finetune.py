@@ -1,7 +1,8 @@
 """After pretraining: fine-tuning from a checkpoint, LoRA, distillation, int8, pruning and ONNX, each measured.
 
 The runs share one module-scoped folder and stay tiny: a 2-layer GPT pretrained for 40 steps on one
-process, fine-tuned for 40 steps on two (DDP), students of 1 layer. Thresholds, and why:
+process, fine-tuned for 40 steps on two (DDP). Distillation (a 1-layer student with and without the teacher) is
+asserted where it is taught, in notebooks/09_finetuning.ipynb, which CI runs. Thresholds, and why:
 
 - chance is 1 / num_labels = 0.5 (labels are balanced by construction); the Bayes-optimal classifier, which
   knows the generator, reaches ~0.94 on the test split. A fine-tuned model must reach ACCURACY_FLOOR = 0.70:
@@ -253,35 +254,6 @@ def test_lora_merges_for_export(lora):
     x = torch.from_numpy(ft.task_arrays(lora.config, "test")[0][:16])
     with torch.no_grad():
         assert torch.allclose(merged(x)[0], unmerged(x)[0], atol=1e-5)
-
-
-def test_distilled_student_beats_student_alone(teacher, base_cfg):
-    """A 1-layer, 32-wide student (16.9k parameters, 1/6 of the teacher) sees 128 labelled sequences for 60
-    steps (15 epochs: the data-limited regime where soft targets matter), with and without the teacher.
-
-    Measured with such a teacher over seeds 0-2 (test accuracy alone -> distilled): 0.819 -> 0.848,
-    0.819 -> 0.847, 0.816 -> 0.855; test loss 0.53 -> 0.37, 0.54 -> 0.35, 0.52 -> 0.35. With a weaker
-    teacher (the 40-step fine-tune, accuracy 0.85) the loss still fell as much but the accuracy gain was
-    within seed noise (-0.008 to +0.03): a teacher must know more than the student can learn alone."""
-    student = base_cfg.override(
-        {
-            "grad_accum_steps": 2,  # 2 processes x 8 x 2: 32 sequences a step
-            "task.kind": "classify",
-            "model.n_layer": 1,
-            "model.d_model": 32,
-            "model.n_head": 2,
-            "data.num_sequences": 128,
-            "max_steps": 60,
-            "eval_every": 60,
-        }
-    )
-    alone = finished(wb.launch(student.override({"name": "student"})))
-    taught = finished(wb.launch(student.override({"name": "student-kd", "distill.teacher": teacher.path, "distill.alpha": 0.9})))  # fmt: skip
-    a, b = last_event(alone), last_event(taught)
-    assert taught.metrics()[0]["trainable_params"] == alone.metrics()[0]["trainable_params"] < 20_000
-    assert b["test_loss"] <= a["test_loss"] - 0.05, (a, b)
-    assert b["test_accuracy"] > a["test_accuracy"], (a, b)
-    assert b["test_accuracy"] <= last_event(teacher)["test_accuracy"] + 0.02  # a student learns what it is taught
 
 
 # ---------------------------------------------------------------------------------------------------------
