@@ -1,18 +1,15 @@
-"""Hugging Face models and local files: exact plan counts, refusals before launch, packing, layouts, BERT."""
+"""Hugging Face models and local files: exact plan counts, refusals before launch, packing, checkpointing."""
 
 from __future__ import annotations
 
-import json
-import os
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 
-import workbench as wb
 from workbench.config import RunConfig
-from workbench.data.files import pack, split_rows, stdlib_corpus
+from workbench.data.files import pack, split_rows
 from workbench.models.shapes import shape_of
 
 LLAMA = {"model.arch": "hf:llama", "model.n_layer": 2, "model.n_head": 4, "model.d_model": 64, "model.seq_len": 32,
@@ -94,71 +91,9 @@ def test_packing_loses_and_repeats_no_token():
     assert split_rows(100, "classify") == {"train": (0, 80), "eval": (80, 90), "test": (90, 100)}
 
 
-# ---- real runs, shared by the tests below ----
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("hf")
-    return folder, stdlib_corpus(str(folder / "corpus.txt"), ("json",))
-
-
-def run(cfg):
-    assert cfg.validate() == []
-    r = wb.launch(cfg)
-    r.wait(timeout=600)
-    assert r.status == "finished", r.error
-    return r
-
-
-@pytest.fixture(scope="module")
-def llama_runs(corpus):
-    folder, path = corpus
-    base = RunConfig().override({**LLAMA, "data.source": "files", "data.path": path, "data.tokenizer": "bpe:320",
-                                 "max_steps": 4, "log_every": 2, "eval_every": 0, "micro_batch_size": 4,
-                                 "grad_accum_steps": 1, "runs_dir": str(folder / "runs")})  # fmt: skip
-    return {s: run(base.override({"name": f"llama-{s}", "parallel.strategy": s})) for s in ("ddp", "zero3")}
-
-
-def test_llama_zero3_matches_ddp_and_the_plan(llama_runs):
-    losses = {s: [e["loss"] for e in r.metrics()] for s, r in llama_runs.items()}
-    assert max(abs(a - b) for a, b in zip(losses["ddp"], losses["zero3"], strict=True)) < 1e-4
-    for r in llama_runs.values():
-        first = r.metrics()[0]
-        planned = first["planned"]["ranks"][0]
-        assert first["measured"][0]["param_bytes"] == planned["param_bytes"]
-    path = llama_runs["ddp"].path
-    assert os.path.isfile(os.path.join(path, "tokenizer.json"))
-    split = json.load(open(os.path.join(path, "status.json")))["data_split"]
-    assert split["train"]["rows"] + split["eval"]["rows"] == split["rows"]
-
-
-def test_bert_mlm_then_classifier(corpus):
-    import sysconfig
-
-    folder, path = corpus
-    stdlib = sysconfig.get_paths()["stdlib"]
-    rows = []
-    for label, pkg in enumerate(("json", "email")):
-        lines = [ln.strip() for p in sorted(os.listdir(os.path.join(stdlib, pkg))) if p.endswith(".py")
-                 for ln in open(os.path.join(stdlib, pkg, p), errors="replace") if len(ln.strip()) > 30]  # fmt: skip
-        rows += [{"text": t, "label": label} for t in lines[:200]]
-    rows = rows[::2] + rows[1::2]
-    labelled = folder / "labelled.jsonl"
-    labelled.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    mlm = RunConfig().override({**LLAMA, "name": "bert-mlm", "model.arch": "hf:bert", "model.hf_config": {},
-                                "task.kind": "mlm", "data.source": "files", "data.path": path,
-                                "data.tokenizer": "bpe:320", "max_steps": 3, "log_every": 3, "eval_every": 0,
-                                "micro_batch_size": 4, "grad_accum_steps": 1, "runs_dir": str(folder / "runs")})  # fmt: skip
-    pre = run(mlm)
-    clf = run(mlm.override({"name": "bert-clf", "init_from": pre.path, "task.kind": "classify", "task.num_labels": 2,
-                            "data.path": str(labelled), "eval_every": 3}))  # fmt: skip
-    last = clf.metrics()[-1]
-    assert 0.0 <= last["test_accuracy"] <= 1.0 and last["chance_accuracy"] == 0.5
-    # the classifier started from the pretrained encoder and reused its tokenizer
-    assert (
-        open(os.path.join(clf.path, "tokenizer.json")).read() == open(os.path.join(pre.path, "tokenizer.json")).read()
-    )
+# Real runs (a tiny Llama under ddp and zero3 on standard-library text, BERT masked-language pretraining then a
+# classifier) are asserted in notebooks/14_hugging_face.ipynb, which CI runs: loss parity, planned = measured
+# parameter bytes per rank, the tokenizer saved and reused, the held-out split recorded, accuracy above chance.
 
 
 def test_activation_checkpointing_uses_transformers_switch_same_gradients():
