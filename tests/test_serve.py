@@ -5,6 +5,7 @@ trains a 2-step run on one process and serves it through the CLI, as a user woul
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import socket
@@ -104,9 +105,18 @@ def test_classify_and_batching_change_no_answer(quickstart):
         xs = [torch.randint(0, 64, (n, 16), generator=torch.Generator().manual_seed(n)) for n in (1, 2, 3, 2)]
         xs.append(torch.randint(0, 64, (2, 8)))  # another length: its own forward pass inside the batch
         answers: dict[int, dict] = {}
+        together = threading.Barrier(len(xs))
 
         def ask(i: int) -> None:
-            answers[i] = post(batched.url + "/v1/classify", {"tokens": xs[i].tolist()})[1]
+            # a keep-alive connection made first, so the requests arrive together (not spread out by the server
+            # starting a thread per new connection, slow on a loaded machine)
+            conn = http.client.HTTPConnection("127.0.0.1", batched.server_address[1], timeout=30)
+            conn.request("GET", "/healthz")
+            conn.getresponse().read()
+            together.wait()
+            conn.request("POST", "/v1/classify", body=json.dumps({"tokens": xs[i].tolist()}))
+            answers[i] = json.load(conn.getresponse())
+            conn.close()
 
         threads = [threading.Thread(target=ask, args=(i,)) for i in range(len(xs))]
         for t in threads:
