@@ -108,7 +108,7 @@ def test_each_method_learns_with_the_base_frozen():
 def test_int8_quantizes_gpt2_conv1d_blocks():
     """GPT-2's projections are transformers' Conv1D, not nn.Linear: quantization swaps each for the Linear it
     equals first, so the block weights become int8 too, and the model computes what it did within int8 error."""
-    from workbench.compress import conv1d_as_linear, prunable_linears, quantize_dynamic_int8
+    from workbench.compress import conv1d_as_linear, is_conv1d, prunable_linears, quantize_dynamic_int8
 
     cfg = BERT.override({"model.arch": "hf:gpt2", "task.kind": "lm"})
     model = built(cfg).eval()
@@ -125,7 +125,7 @@ def test_int8_quantizes_gpt2_conv1d_blocks():
         got = ft.logits_of(q(x))
     quantized = {n for n, m in q.named_modules() if type(m).__name__ == "Linear" and "quantized" in type(m).__module__}
     assert set(conv) <= quantized, set(conv) - quantized  # every block weight in int8
-    assert [n for n, m in model.named_modules() if type(m).__name__ == "Conv1D"] == conv  # the original untouched
+    assert [n for n, m in model.named_modules() if is_conv1d(m)] == conv  # the original untouched
     assert (got - want).abs().max() < 0.1 * want.abs().max()  # int8 rounding, not another model
 
 

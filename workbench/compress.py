@@ -176,6 +176,12 @@ def _latencies(models: dict[str, nn.Module], x: torch.Tensor) -> dict[str, float
 # quantization
 
 
+def is_conv1d(m: nn.Module) -> bool:
+    """transformers' ``Conv1D`` (GPT-2's projections), recognised by name: this module does not import
+    transformers, which only Hugging Face runs need."""
+    return type(m).__name__ == "Conv1D"
+
+
 def conv1d_as_linear(model: nn.Module) -> int:
     """Swap every transformers ``Conv1D`` (GPT-2's attention and MLP projections: y = x @ W + b with W stored
     (in, out)) for the nn.Linear it equals, W transposed, in place; returns how many. Dynamic quantization
@@ -183,7 +189,7 @@ def conv1d_as_linear(model: nn.Module) -> int:
     swapped = 0
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
-            if type(child).__name__ != "Conv1D":
+            if not is_conv1d(child):
                 continue
             n_in, n_out = child.weight.shape
             lin = nn.Linear(n_in, n_out, bias=child.bias is not None)
@@ -242,7 +248,7 @@ def prunable_linears(model: nn.Module) -> list[tuple[str, nn.Linear]]:
     # (a Linear with its weight transposed): magnitude pruning treats them alike.
     blocks = tuple(f"{n}.{i}." for n, m in model.named_modules() if isinstance(m, nn.ModuleList) for i in range(len(m)))
     return [(n, m) for n, m in model.named_modules()
-            if (isinstance(m, nn.Linear) or type(m).__name__ == "Conv1D") and n.startswith(blocks)]  # fmt: skip
+            if (isinstance(m, nn.Linear) or is_conv1d(m)) and n.startswith(blocks)]  # fmt: skip
 
 
 def magnitude_prune(model: nn.Module, sparsity: float) -> tuple[int, int]:
