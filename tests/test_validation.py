@@ -10,6 +10,7 @@ import sys
 import pytest
 
 from tests.conftest import QUICKSTART
+from workbench import prelaunch
 from workbench.config import (
     NAME_RE,
     PRECISIONS,
@@ -120,13 +121,13 @@ def test_your_own_factories_that_work_pass_and_leave_the_rng_alone(byo, quicksta
 
     torch.manual_seed(123)
     before = torch.get_rng_state()
-    assert quickstart.override(GOOD).validate(CPU2) == []
-    assert torch.equal(torch.get_rng_state(), before)  # validating draws nothing from the caller's generator
+    assert prelaunch.problems(quickstart.override(GOOD), CPU2) == []
+    assert torch.equal(torch.get_rng_state(), before)  # the trial draws nothing from the caller's generator
 
 
 @pytest.mark.parametrize("override,key,words", BROKEN, ids=[next(iter(o.values())) for o, _, _ in BROKEN])
 def test_a_broken_factory_is_refused_naming_its_key(byo, quickstart, override, key, words):
-    problems = quickstart.override({**GOOD, **override}).validate(CPU2)
+    problems = prelaunch.problems(quickstart.override({**GOOD, **override}), CPU2)
     assert [p.key for p in problems] == [key], problems
     for w in words:
         assert w in problems[0].message, problems[0].message
@@ -134,17 +135,17 @@ def test_a_broken_factory_is_refused_naming_its_key(byo, quickstart, override, k
 
 def test_factories_are_tried_once_per_config_and_again_after_an_edit(byo, quickstart):
     cfg = quickstart.override(GOOD)
-    assert cfg.validate(CPU2) == []
+    assert prelaunch.problems(cfg, CPU2) == []
     calls = sys.modules["byo"].CALLS["model"]
     for lr in (1e-3, 2e-3, 3e-3):  # the config panel validates on every keystroke
-        assert cfg.override({"optimizer.lr": lr}).validate(CPU2) == []
+        assert prelaunch.problems(cfg.override({"optimizer.lr": lr}), CPU2) == []
     assert sys.modules["byo"].CALLS["model"] == calls
     # the user fixes (here: breaks) the file in their editor; the next validation sees what the workers would
     text = (byo / "byo.py").read_text().replace("def model(cfg):", "def modle(cfg):")
     (byo / "byo.py").write_text(text)
     st = os.stat(byo / "byo.py")
     os.utime(byo / "byo.py", (st.st_atime, st.st_mtime + 5))
-    (p,) = cfg.validate(CPU2)
+    (p,) = prelaunch.problems(cfg, CPU2)
     assert p.key == "model.arch" and "has no 'model'" in p.message
 
 

@@ -45,6 +45,7 @@ from widgets.panel_files import PRESET_KEYS, PRESETS, cli_command, matching_pres
 from widgets.panel_rules import max_processes, show_availability, strategy_rules
 from widgets.plan_view import PlanChart, derived_table, derived_values
 from widgets.problems_view import show_problems
+from workbench import prelaunch
 from workbench.config import ConfigError, DeviceInfo, Problem, RunConfig
 
 # names other modules and notebooks import from here
@@ -200,7 +201,7 @@ class ConfigPanel(W.VBox):
         """The RunConfig the controls describe, validated: raises ConfigError naming each problem's key."""
         cfg, problems = self._build()
         if cfg is not None:
-            problems += cfg.validate(self.devices)
+            problems += prelaunch.problems(cfg, self.devices)
         if problems:
             raise ConfigError(problems)
         return cfg
@@ -274,11 +275,11 @@ class ConfigPanel(W.VBox):
 
         cfg, problems = self._build()
         if cfg is not None:
-            problems += cfg.validate(self.devices)
+            problems += prelaunch.problems(cfg, self.devices)
             if not problems:
                 # the run-folder checks of launch() (the name is taken; resume without a checkpoint); their
                 # validation part runs against the detected devices, which the panel has already done for its own
-                detected = set(cfg.validate())
+                detected = set(prelaunch.problems(cfg))
                 launch_problems = check_launchable(cfg, overwrite=self.overwrite.value, resume=self.resume.value)
                 problems = [p for p in launch_problems if p not in detected]
         self._cfg, self._problems = cfg, problems

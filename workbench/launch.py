@@ -35,7 +35,7 @@ import sys
 import time
 from dataclasses import dataclass
 
-from workbench import checkpoints
+from workbench import checkpoints, prelaunch
 from workbench.config import ConfigError, DeviceInfo, Problem, RunConfig, effective_device, is_int
 from workbench.fileio import read_json, write_json_atomic
 from workbench.runs import Run, kill_workers, read_status, write_status
@@ -51,7 +51,7 @@ def free_port() -> int:
 
 
 def check_launchable(cfg: RunConfig, overwrite: bool = False, resume: bool = False) -> list[Problem]:
-    problems = cfg.validate()
+    problems = prelaunch.problems(cfg)
     if problems:
         return problems
     run_dir = cfg.run_dir

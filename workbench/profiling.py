@@ -21,7 +21,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from typing import Any
 
-PROFILE_WARMUP = 2  # unprofiled optimizer steps before the profiler starts (the first one runs the bytes probe)
+from workbench.config import PROFILE_WARMUP
+
 PHASES = ("forward", "backward", "optimizer", "data")
 LABEL = "wb:"  # our record_function names: wb:step, wb:forward, wb:backward, wb:optimizer, wb:data
 KINDS = PHASES + ("idle", "other")  # the timeline's compute-lane kinds, and the two kinds of not doing work
@@ -300,8 +301,8 @@ class StepProfiler:
             return self.layout_step(*args, **kwargs)
 
     def finish(self) -> None:
+        from workbench.device_setup import gather_objects
         from workbench.fileio import write_json_atomic
-        from workbench.worker import gather_objects
 
         self.prof.__exit__(None, None, None)
         del self.layout.step

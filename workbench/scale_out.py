@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 import yaml
 
+from workbench import prelaunch
 from workbench.config import ConfigError, DeviceInfo, Problem, RunConfig
 
 
@@ -80,7 +81,7 @@ def _target_config(cfg: RunConfig, machines: int, gpus_per_machine: int, device:
     target = cfg.override({"parallel.num_processes": world, "device": device})
     # A GPU config made on a CPU machine is fine: validate against the target devices.
     target_devices = DeviceInfo(device, world, "target", (9, 0))
-    problems = [p for p in target.validate(target_devices) if p.key not in ("data.path",)]
+    problems = [p for p in prelaunch.problems(target, target_devices) if p.key not in ("data.path",)]
     if problems:
         raise ConfigError(problems)
     return target

@@ -24,6 +24,7 @@ import threading
 import time
 from typing import Any
 
+from workbench import prelaunch
 from workbench.config import ConfigError, Problem, RunConfig, effective_device
 from workbench.runs import Run, write_status
 from workbench.telemetry import hparams_dict, value_str
@@ -60,7 +61,7 @@ def sweep_configs(base_cfg: RunConfig, grid: dict[str, list[Any]]) -> list[RunCo
             problems.extend(e.problems)
             continue
         cfg = cfg.override({"name": run_name(base_cfg.name, point)})
-        for p in cfg.validate():
+        for p in prelaunch.problems(cfg):
             problems.append(Problem(p.key, f"{p.message} (sweep run {cfg.name})"))
         configs.append(cfg)
     names = [c.name for c in configs]

@@ -9,7 +9,7 @@ key and the fix, and ``launch`` refuses a config with any problem before a proce
     validate.py           validate(cfg) (= RunConfig.validate): one validator per section, split sizes vs the batch
     strategies.py         STRATEGY_SPECS: what each parallel.strategy needs, and the layout checks from it
     after_pretraining.py  init_from, task, peft, distill
-    factories.py          your own model.arch / data.source, imported and tried before launch
+    factories.py          your own model.arch / data.source: the module is findable (tried: workbench/prelaunch.py)
 """
 
 from workbench.config.after_pretraining import model_checkpoint, vocab_of
@@ -27,6 +27,7 @@ from workbench.config.schema import (
     PEFT_METHODS,
     PP_SCHEDULES,
     PRECISIONS,
+    PROFILE_WARMUP,
     STRATEGIES,
     TASK_KINDS,
     ConfigError,
@@ -40,11 +41,11 @@ from workbench.config.schema import (
     RunConfig,
     ScheduleConfig,
     TaskConfig,
-    is_import_string,
     is_int,
     is_num,
 )
 from workbench.config.strategies import STRATEGY_SPECS, StrategySpec, strategies_using, strategies_with
+from workbench.factory import is_import_string
 
 __all__ = [
     "ARCHS",
@@ -59,6 +60,7 @@ __all__ = [
     "PEFT_METHODS",
     "PP_SCHEDULES",
     "PRECISIONS",
+    "PROFILE_WARMUP",
     "STRATEGIES",
     "STRATEGY_SPECS",
     "TASK_KINDS",

@@ -17,6 +17,7 @@ from workbench.config.schema import (
     RunConfig,
     is_int,
 )
+from workbench.data import TEXT_VOCAB
 
 if TYPE_CHECKING:
     from workbench.config.validate import Checker
@@ -31,8 +32,6 @@ def model_checkpoint(run_dir: str) -> str | None:
 
 def vocab_of(cfg: RunConfig) -> int | None:
     """The token vocabulary a config trains on; None for your own data (its factory decides)."""
-    from workbench.data import TEXT_VOCAB  # imported here: workbench.data imports this package
-
     if cfg.data.source == "text":
         return TEXT_VOCAB
     if cfg.data.source == "files" or cfg.model.arch.startswith("hf:"):

@@ -27,6 +27,8 @@ OPTIMIZERS = ("adamw", "sgd")
 DECAYS = ("cosine", "linear", "constant")
 PP_SCHEDULES = ("gpipe", "1f1b")
 DEVICES = ("auto", "cpu", "cuda")
+# profile_steps are traced after this many unprofiled optimizer steps (the first one runs the bytes probe)
+PROFILE_WARMUP = 2
 TASK_KINDS = ("lm", "mlm", "classify")  # mlm: masked-language pretraining of an encoder (hf:bert)
 # none: every weight trains; frozen: the head only; lora; and for Hugging Face models also adalora, prefix, adapter
 PEFT_METHODS = ("none", "frozen", "lora", "adalora", "prefix", "adapter")
@@ -282,8 +284,9 @@ class RunConfig:
         """Every problem at once, each naming its key and the fix. Empty list = valid.
 
         ``devices``: the machine to check against (default: this one, detected once). A config naming your own
-        model or data (``"pkg.module:factory"``) also has its factories imported and tried on a micro-batch of
-        2, so a broken contract is refused here, before any process starts (workbench/config/factories.py).
+        model or data (``"pkg.module:factory"``) has its module looked for here; trying the factories on a
+        micro-batch of 2 builds a model and a data set, so it is the pre-launch step above the config
+        (``workbench.prelaunch.problems``, which ``launch``, ``workbench train``, sweeps and the panel call).
         """
         from workbench.config.validate import validate
 
@@ -380,11 +383,3 @@ def is_int(v: Any) -> bool:
 
 def is_num(v: Any) -> bool:
     return (isinstance(v, (int, float))) and not isinstance(v, bool)
-
-
-def is_import_string(s: Any) -> bool:
-    """Whether s reads "pkg.module:factory": your own model or data, imported from the launch folder or PYTHONPATH.
-    ("hf:..." is a Hugging Face model, never a module named hf.)"""
-    return (
-        isinstance(s, str) and not s.startswith("hf:") and re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*", s) is not None
-    )

@@ -9,7 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from workbench.config.schema import STRATEGIES, Problem, is_import_string, is_int
+from workbench.config.schema import STRATEGIES, Problem, is_int
+from workbench.factory import is_import_string
 from workbench.models.hf_config import is_hf
 
 if TYPE_CHECKING:

@@ -1,7 +1,7 @@
 """validate(cfg): every problem of a RunConfig at once, each naming its key and the fix.
 
 One validator per section of the config, in the order of the YAML file; the layout (strategies.py), the keys
-used after pretraining (after_pretraining.py) and your own factories (factories.py) live beside what they check.
+used after pretraining (after_pretraining.py) and your own factories' modules (factories.py) live beside what they check.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any
 
 from workbench.config.after_pretraining import validate_after_pretraining
 from workbench.config.devices import DeviceInfo, detected_devices
-from workbench.config.factories import check_factories, check_importable
+from workbench.config.factories import check_importable
 from workbench.config.hf import validate_file_keys, validate_files, validate_hf_model
 from workbench.config.schema import (
     ARCHS,
@@ -25,14 +25,15 @@ from workbench.config.schema import (
     OPTIMIZERS,
     PP_SCHEDULES,
     PRECISIONS,
+    PROFILE_WARMUP,
     STRATEGIES,
     Problem,
     RunConfig,
-    is_import_string,
     is_int,
     is_num,
 )
 from workbench.config.strategies import validate_layout
+from workbench.factory import is_import_string
 
 
 class Checker:
@@ -91,8 +92,6 @@ def validate(cfg: RunConfig, devices: DeviceInfo | None = None) -> list[Problem]
     validate_after_pretraining(cfg, c)
     if not any(p.key.startswith("data.") or p.key in _SPLIT_KEYS for p in c.problems):
         _validate_splits(cfg, c.problems)
-    if not c.problems:  # your own factories get the whole config: run them only on one valid in every key
-        c.problems.extend(check_factories(cfg))
     return c.problems
 
 
@@ -228,8 +227,6 @@ def _validate_batch(cfg: RunConfig, c: Checker) -> None:
 
 
 def _validate_profile_steps(cfg: RunConfig, c: Checker) -> None:
-    from workbench.profiling import PROFILE_WARMUP
-
     room = cfg.max_steps - PROFILE_WARMUP
     if cfg.profile_steps > max(0, room):
         c.problems.append(Problem("profile_steps", f"{cfg.profile_steps} profiled steps do not fit in max_steps "
@@ -283,7 +280,7 @@ def _validate_splits(cfg: RunConfig, P: list[Problem]) -> None:
     for split in splits:
         n = num_sequences(cfg, split)
         if n is None or n >= per_step:
-            continue  # your own data: its size is checked on the data set itself (factories.py)
+            continue  # your own data: its size is checked on the data set itself (workbench/prelaunch.py)
         if cfg.data.source == "text" and n == 0:
             P.append(Problem("data.path", f"the {split} split of {cfg.data.path!r} ({split_rule(cfg, split)}) is too short "
                              f"for one sequence of model.seq_len + 1 = {cfg.model.seq_len + 1} bytes: use a file of "

@@ -13,13 +13,11 @@ validation reads the split sizes and the vocabulary from here, and the config pa
 
 from __future__ import annotations
 
-import importlib
 import os
 from functools import lru_cache
 from typing import TYPE_CHECKING
 
-from workbench.config import is_import_string
-from workbench.models.shapes import TEXT_VOCAB, vocab_size_for
+from workbench.factory import is_import_string, load_factory
 
 if TYPE_CHECKING:
     from torch.utils.data import Dataset
@@ -38,9 +36,12 @@ __all__ = [
     "num_sequences",
     "split_rule",
     "vocab_size",
+    "vocab_size_for",
 ]
 
-# TEXT_VOCAB (byte level, 256) is re-exported from its home, workbench.models.shapes
+# The text source is byte level: any file, any language, no tokenizer to ship, so its vocabulary is the 256
+# byte values whatever data.vocab_size says.
+TEXT_VOCAB = 256
 
 
 def __getattr__(name: str):
@@ -52,10 +53,10 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'workbench.data' has no attribute {name!r}")
 
 
-def load_factory(spec: str):
-    """Import "pkg.module:name" and return the attribute."""
-    module, _, attr = spec.partition(":")
-    return getattr(importlib.import_module(module), attr)
+def vocab_size_for(source: str, vocab_size: int) -> int:
+    """The vocabulary a data source yields: the byte-level text source has TEXT_VOCAB whatever data.vocab_size
+    says; every other source (synthetic, your own factory) the configured data.vocab_size."""
+    return TEXT_VOCAB if source == "text" else vocab_size
 
 
 def vocab_size(cfg: RunConfig) -> int:

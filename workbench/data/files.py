@@ -247,9 +247,8 @@ def dataset(cfg: RunConfig, split: str, run_dir: str) -> Dataset:
     arrays = np.load(os.path.join(run_dir, "data", f"{split}.npz"))
     x, y = torch.from_numpy(arrays["x"]), torch.from_numpy(arrays["y"])
     if cfg.task.kind == "mlm":
-        from workbench.models.hf_config import hf_vocab
-
-        return MaskedBlocks(x, cfg.seed + (0 if split == "train" else 7), hf_vocab(cfg), sp)
+        # the model's vocabulary is the tokenizer's (models/hf_config.hf_vocab), validated before launch
+        return MaskedBlocks(x, cfg.seed + (0 if split == "train" else 7), tokenizer_vocab(cfg), sp)
     return TensorDataset(x, y)
 
 

@@ -47,15 +47,13 @@ def gpt_config(cfg: RunConfig) -> GPTConfig:
 
 
 def build_model(cfg: RunConfig) -> nn.Module:
-    from workbench.config import is_import_string
+    from workbench.factory import is_import_string, load_factory
 
     if cfg.model.arch.startswith("hf:"):  # a Hugging Face model (models/hf.py)
         from workbench.models.hf import build_hf_model
 
         return build_hf_model(cfg)
     if is_import_string(cfg.model.arch):
-        from workbench.data import load_factory
-
         return load_factory(cfg.model.arch)(cfg)
     from workbench.models.gpt import GPT
 

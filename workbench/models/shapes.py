@@ -19,6 +19,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from workbench.data import TEXT_VOCAB, vocab_size_for  # the data's facts, re-exported: their home is workbench.data
+
 if TYPE_CHECKING:
     from workbench.config import RunConfig
 
@@ -32,9 +34,6 @@ __all__ = [
     "vocab_size_for",
 ]
 
-# The text source is byte level: any file, any language, no tokenizer to ship, so its vocabulary is the 256
-# byte values whatever data.vocab_size says.
-TEXT_VOCAB = 256
 
 FFN_KINDS = ("gelu_mlp", "swiglu")
 NORM_KINDS = ("layernorm", "rmsnorm")
@@ -254,12 +253,6 @@ class TransformerShape:
 
     def summary(self) -> str:
         return f"L{self.n_layer} d{self.d_model} H{self.n_head} T{self.seq_len} V{self.vocab_size}"
-
-
-def vocab_size_for(source: str, vocab_size: int) -> int:
-    """The vocabulary a data source yields: the byte-level text source has TEXT_VOCAB whatever data.vocab_size
-    says; every other source (synthetic, your own factory) the configured data.vocab_size."""
-    return TEXT_VOCAB if source == "text" else vocab_size
 
 
 def shape_of(cfg: RunConfig | Any) -> TransformerShape:
