@@ -9,7 +9,8 @@
 Importing workbench does not import torch: the config, the run folders and the plan stay instant.
 """
 
-from workbench.config import ConfigError, DeviceInfo, Problem, RunConfig
+from workbench import layouts  # noqa: F401  (the built-in layouts register themselves in STRATEGY_SPECS)
+from workbench.config import ConfigError, DeviceInfo, Problem, RunConfig, StrategySpec, register_layout
 from workbench.launch import launch
 from workbench.notebook import notebook_launch
 from workbench.plan import Plan, RankMemory, plan
@@ -26,11 +27,13 @@ __all__ = [
     "Reporter",
     "Run",
     "RunConfig",
+    "StrategySpec",
     "Sweep",
     "launch",
     "list_runs",
     "notebook_launch",
     "plan",
+    "register_layout",
     "sweep",
 ]
 __version__ = "0.1.0"

@@ -36,7 +36,8 @@ import time
 from dataclasses import dataclass
 
 from workbench import checkpoints, prelaunch
-from workbench.config import ConfigError, DeviceInfo, Problem, RunConfig, effective_device, is_int
+from workbench.config import ConfigError, DeviceInfo, Problem, RunConfig, effective_device, is_int, layout_modules
+from workbench.config.strategies import LAYOUT_MODULES_ENV
 from workbench.fileio import read_json, write_json_atomic
 from workbench.runs import Run, kill_workers, read_status, write_status
 
@@ -127,6 +128,7 @@ def _env_with_project_on_path() -> dict[str, str]:
     env = dict(os.environ)
     paths = [os.getcwd()] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
     env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
+    env[LAYOUT_MODULES_ENV] = ",".join(layout_modules())  # layouts registered here by your own modules
     return env
 
 

@@ -567,7 +567,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 @record  # an exception is written to TORCHELASTIC_ERROR_FILE as JSON: the supervisor names the failing rank
 def main(argv: list[str] | None = None) -> None:
     from workbench.config import RunConfig
+    from workbench.config.strategies import import_layout_modules
 
+    import_layout_modules()  # layouts your own modules registered in the launching process
     args = parse_args(sys.argv[1:] if argv is None else argv)
     run_dir = os.path.dirname(os.path.abspath(args.config))
     train(RunConfig.from_yaml(args.config), run_dir, resume=args.resume)

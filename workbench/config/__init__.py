@@ -7,7 +7,7 @@ key and the fix, and ``launch`` refuses a config with any problem before a proce
     schema.py             the frozen dataclasses, the choices of each key, YAML round-trip, overrides
     devices.py            DeviceInfo: what the machine offers, detected once per process
     validate.py           validate(cfg) (= RunConfig.validate): one validator per section, split sizes vs the batch
-    strategies.py         STRATEGY_SPECS: what each parallel.strategy needs, and the layout checks from it
+    strategies.py         STRATEGY_SPECS: the layout registry (declared in workbench/layouts.py), the layout checks
     after_pretraining.py  init_from, task, peft, distill
     factories.py          your own model.arch / data.source: the module is findable (tried: workbench/prelaunch.py)
 """
@@ -19,7 +19,6 @@ from workbench.config.schema import (
     DATA_SOURCES,
     DECAYS,
     DEVICES,
-    FINETUNE_STRATEGIES,
     GPT_PEFT_METHODS,
     LORA_TARGETS,
     NAME_RE,
@@ -28,7 +27,6 @@ from workbench.config.schema import (
     PP_SCHEDULES,
     PRECISIONS,
     PROFILE_WARMUP,
-    STRATEGIES,
     TASK_KINDS,
     ConfigError,
     DataConfig,
@@ -44,7 +42,16 @@ from workbench.config.schema import (
     is_int,
     is_num,
 )
-from workbench.config.strategies import STRATEGY_SPECS, StrategySpec, strategies_using, strategies_with
+from workbench.config.strategies import (
+    STRATEGY_SPECS,
+    StrategySpec,
+    finetune_strategies,
+    layout_modules,
+    register_layout,
+    strategies_using,
+    strategies_with,
+    unregister_layout,
+)
 from workbench.factory import is_import_string
 
 __all__ = [
@@ -52,7 +59,7 @@ __all__ = [
     "DATA_SOURCES",
     "DECAYS",
     "DEVICES",
-    "FINETUNE_STRATEGIES",
+    "FINETUNE_STRATEGIES",  # live: read from STRATEGY_SPECS
     "GPT_PEFT_METHODS",
     "LORA_TARGETS",
     "NAME_RE",
@@ -61,7 +68,7 @@ __all__ = [
     "PP_SCHEDULES",
     "PRECISIONS",
     "PROFILE_WARMUP",
-    "STRATEGIES",
+    "STRATEGIES",  # live: read from STRATEGY_SPECS
     "STRATEGY_SPECS",
     "TASK_KINDS",
     "ConfigError",
@@ -80,6 +87,10 @@ __all__ = [
     "cached_devices",
     "detected_devices",
     "effective_device",
+    "finetune_strategies",
+    "layout_modules",
+    "register_layout",
+    "unregister_layout",
     "fp8_backend",
     "is_import_string",
     "is_int",
@@ -89,3 +100,12 @@ __all__ = [
     "strategies_with",
     "vocab_of",
 ]
+
+
+def __getattr__(name: str) -> tuple[str, ...]:
+    # the layouts registered now (a layout can be added at any time: register_layout), never a stale copy
+    if name == "STRATEGIES":
+        return tuple(STRATEGY_SPECS)
+    if name == "FINETUNE_STRATEGIES":
+        return finetune_strategies()
+    raise AttributeError(f"module 'workbench.config' has no attribute {name!r}")

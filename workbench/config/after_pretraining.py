@@ -6,17 +6,16 @@ import os
 from typing import TYPE_CHECKING, Any
 
 from workbench.config.schema import (
-    FINETUNE_STRATEGIES,
     GPT_PEFT_METHODS,
     LORA_TARGETS,
     PEFT_METHODS,
-    STRATEGIES,
     TASK_KINDS,
     ConfigError,
     Problem,
     RunConfig,
     is_int,
 )
+from workbench.config.strategies import STRATEGY_SPECS, finetune_strategies
 from workbench.data import TEXT_VOCAB
 
 if TYPE_CHECKING:
@@ -108,8 +107,8 @@ def validate_after_pretraining(cfg: RunConfig, c: Checker) -> None:
             continue  # a Hugging Face model: its own checks (config/hf.py), every layout it takes
         if cfg.model.arch != "gpt":
             P.append(Problem(key, f"needs model.arch gpt (the reference model's Linear names), got {cfg.model.arch!r}"))
-        if cfg.parallel.strategy in STRATEGIES and cfg.parallel.strategy not in FINETUNE_STRATEGIES:
-            P.append(Problem(key, f"works with parallel.strategy {' or '.join(FINETUNE_STRATEGIES)} in this "
+        if cfg.parallel.strategy in STRATEGY_SPECS and cfg.parallel.strategy not in finetune_strategies():
+            P.append(Problem(key, f"works with parallel.strategy {' or '.join(finetune_strategies())} in this "
                              f"version, not {cfg.parallel.strategy!r}"))  # fmt: skip
     _validate_init_from(cfg, P)
     _validate_teacher(cfg, P)

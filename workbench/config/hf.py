@@ -94,7 +94,8 @@ def validate_hf_tp(cfg: RunConfig, model_type: str, P: list[Problem]) -> None:
 
 def validate_hf_peft(cfg: RunConfig, model_type: str, P: list[Problem]) -> None:
     """peft.method and peft.target on a Hugging Face model (the keys alone: config/after_pretraining.py)."""
-    from workbench.config.schema import FINETUNE_STRATEGIES, PEFT_METHODS
+    from workbench.config.schema import PEFT_METHODS
+    from workbench.config.strategies import finetune_strategies
 
     pe = cfg.peft
     if pe.method == "none" or pe.method not in PEFT_METHODS:
@@ -102,9 +103,9 @@ def validate_hf_peft(cfg: RunConfig, model_type: str, P: list[Problem]) -> None:
     reason = hf_peft_refusal(cfg, model_type)
     if reason:
         P.append(Problem("peft.method", f"{pe.method} with model.arch {cfg.model.arch}: {reason}"))
-    if cfg.parallel.strategy not in FINETUNE_STRATEGIES:
+    if cfg.parallel.strategy not in finetune_strategies():
         P.append(Problem("peft.method", f"{pe.method} is built and tested on parallel.strategy "
-                         f"{' or '.join(FINETUNE_STRATEGIES)}, not {cfg.parallel.strategy!r}"))  # fmt: skip
+                         f"{' or '.join(finetune_strategies())}, not {cfg.parallel.strategy!r}"))  # fmt: skip
     if pe.method in ("lora", "adalora"):
         known = hf_target_vocabulary(model_type)
         tgt = pe.target

@@ -21,7 +21,6 @@ if TYPE_CHECKING:
 
 ARCHS = ("gpt",)
 DATA_SOURCES = ("synthetic", "text", "files")
-STRATEGIES = ("ddp", "zero1", "zero2", "zero3", "tp", "pp", "ps", "dp_tp")  # what each needs: STRATEGY_SPECS
 PRECISIONS = ("fp32", "bf16", "fp16", "fp8")
 OPTIMIZERS = ("adamw", "sgd")
 DECAYS = ("cosine", "linear", "constant")
@@ -35,7 +34,6 @@ PEFT_METHODS = ("none", "frozen", "lora", "adalora", "prefix", "adapter")
 GPT_PEFT_METHODS = ("none", "frozen", "lora")  # the reference GPT's
 # peft.target groups -> the reference GPT's Linear names (a bare name like "q" or "fc1" works too)
 LORA_TARGETS = {"attn": ("q", "k", "v", "o"), "mlp": ("fc1", "fc2")}
-FINETUNE_STRATEGIES = ("ddp",)  # classify / peft / distill are built and tested on plain data parallel
 
 # a run name: one safe folder name (no "/", no "..", not hidden); notebook_launch checks its names with it too
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._=,+-]{0,127}$")
@@ -174,15 +172,11 @@ class RunConfig:
     # ---- derived values: properties, never inputs ----
     @property
     def dp_degree(self) -> int:
-        """Data-parallel degree: processes that see different data."""
-        p = self.parallel
-        if p.strategy == "tp":
-            return max(1, p.num_processes // max(1, p.tp_size))
-        if p.strategy == "pp":
-            return max(1, p.num_processes // max(1, p.pp_size))
-        if p.strategy == "dp_tp":
-            return max(1, p.num_processes // max(1, p.tp_size))
-        return p.num_processes
+        """Data-parallel degree: processes that see different data (the layout's spec says)."""
+        from workbench.config.strategies import STRATEGY_SPECS
+
+        spec = STRATEGY_SPECS.get(self.parallel.strategy)
+        return spec.dp_degree(self.parallel) if spec is not None else self.parallel.num_processes
 
     @property
     def global_batch_size(self) -> int:

@@ -1,33 +1,72 @@
-"""What each parallel.strategy needs, stated once (STRATEGY_SPECS), and the layout checks derived from it.
+"""The layout registry: every parallel.strategy is one ``StrategySpec`` in ``STRATEGY_SPECS``, and the layout checks
+derived from it.
 
-The config panel reads the same table to grey out what cannot run (too few processes) and the keys that do not
-matter for the chosen strategy, so the panel and ``validate()`` cannot disagree.
+A spec states what a layout needs (processes, the parallel.* keys it reads, the precisions it trains with, what it
+needs of the model), its data-parallel degree, and its functions: memory and communication per rank (the plan), the
+Layout class that applies it (``build``, in workbench/parallel/). The built-in specs are declared in
+``workbench/layouts.py``; ``register_layout`` adds one from anywhere (a test, your own package). Validation, the plan,
+the config panel, the worker and sweeps all read this table, so they cannot disagree.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import importlib
+import os
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from workbench.config.schema import STRATEGIES, Problem, is_int
+from workbench.config.schema import NAME_RE, Problem, is_int
 from workbench.factory import is_import_string
 from workbench.models.hf_config import is_hf
 
 if TYPE_CHECKING:
-    from workbench.config.schema import RunConfig
+    from workbench.config.schema import ParallelConfig, RunConfig
+
+ALL_PRECISIONS = ("fp32", "bf16", "fp16", "fp8")
+LAYOUT_MODULES_ENV = "WORKBENCH_LAYOUT_MODULES"  # launch -> every process of the run: modules that declare layouts
+
+
+def every_process(p: ParallelConfig) -> int:
+    """The data-parallel degree of a layout whose processes all see different data."""
+    return p.num_processes
 
 
 @dataclass(frozen=True)
 class StrategySpec:
-    """One parallel layout's requirements (workbench/parallel/ implements it)."""
+    """One parallel layout: what it needs, and the functions that plan and apply it.
 
-    min_processes: int  # validate() refuses fewer parallel.num_processes
-    keys: tuple[str, ...]  # the parallel.* keys (besides num_processes and strategy) that matter for it
-    precisions: tuple[str, ...]  # the precisions it trains with in this version
-    model_parallel: bool  # splits the reference GPT's modules by name: your own model.arch cannot use it
+    needs: what the model family must offer ("stages": pipeline cut points; "tp_plan": a tensor-parallel plan);
+    a layout that needs anything splits the model's modules, so your own model.arch cannot take it.
+    memory(Counting) -> [RankMemory] and comm(Comm) -> (bytes per rank, rank 0's by collective): workbench/plan/.
+    build(cfg, acc, model, make_optimizer, scaler=, fwd_ctx=) -> Layout: workbench/parallel/.
+    """
+
+    name: str
     summary: str  # one line: what it divides across processes
+    min_processes: int  # validate() refuses fewer parallel.num_processes
+    memory: Callable[..., Any]
+    comm: Callable[..., Any]
+    build: Callable[..., Any]
+    keys: tuple[str, ...] = ()  # the parallel.* keys (besides num_processes and strategy) that matter for it
+    precisions: tuple[str, ...] = ALL_PRECISIONS[:2]  # the precisions it trains with in this version
+    needs: tuple[str, ...] = ()
     full_processes: int = 0  # processes at which every axis it is named for is > 1 (0: min_processes)
     compiles: bool = False  # compile: true is built and tested for it (each block torch.compile'd in place)
+    finetunes: bool = False  # classify / peft / distill are built and tested on it
+    too_few: str = ""  # the message for fewer than min_processes, where no size key says it better
+    dp_degree: Callable[[ParallelConfig], int] = every_process  # processes that see different data
+    check: Callable[[RunConfig, list[Problem]], None] | None = None  # its own parallel.* rules
+    pipelined: bool = False  # a pipeline: its step stretches by the bubble (plan/compute.py)
+    fsdp_bf16: bool = False  # bf16 through FSDP2's MixedPrecisionPolicy instead of autocast (plan/precision.py)
+    prepared_by_accelerate: bool = False  # Accelerate wraps (and autocasts) the model; otherwise parallel/ does
+    module: str = ""  # the module that declared it: every rank of a run imports it (launch passes it on)
+
+    @property
+    def model_parallel(self) -> bool:
+        """Splits the model's modules by what its family declares: your own model.arch cannot use it."""
+        return bool(self.needs)
 
     @property
     def processes_for_all_axes(self) -> int:
@@ -35,36 +74,41 @@ class StrategySpec:
         return self.full_processes or self.min_processes
 
 
-_ALL = ("fp32", "bf16", "fp16", "fp8")
-_TP = ("parallel.tp_size",)
-_PP = ("parallel.pp_size", "parallel.pp_schedule", "parallel.pp_microbatches")
+STRATEGY_SPECS: dict[str, StrategySpec] = {}  # filled by register_layout (workbench/layouts.py: the built-in ones)
 
-STRATEGY_SPECS: dict[str, StrategySpec] = {
-    # fp8 runs through Accelerate's ddp path only; fp16's loss scaler must agree across shards, built for ddp
-    # and zero1 (optimizer state sharded, weights and gradients whole on every rank).
-    "ddp": StrategySpec(
-        1, (), _ALL, False, "nothing: every process holds the whole model and optimizer", compiles=True
-    ),
-    "zero1": StrategySpec(2, (), _ALL[:3], False, "the optimizer states", compiles=True),
-    "zero2": StrategySpec(2, (), _ALL[:2], False, "the optimizer states and the gradients", compiles=True),
-    "zero3": StrategySpec(2, (), _ALL[:2], False, "the optimizer states, the gradients and the weights", compiles=True),
-    "tp": StrategySpec(2, _TP, _ALL[:2], True, "every layer's weight matrices (heads and MLP units)"),
-    "pp": StrategySpec(2, _PP, _ALL[:2], True, "the blocks, as pipeline stages"),
-    "ps": StrategySpec(2, (), _ALL[:2], False, "nothing: a parameter server holds the weights, workers compute"),
-    "dp_tp": StrategySpec(2, _TP, _ALL[:2], True, "layers across tp_size ranks, data across the rest", 4),
-}
-assert tuple(STRATEGY_SPECS) == STRATEGIES
 
-# the message for too few processes, where no size key says it better (tp and pp: tp_size / pp_size below)
-_TOO_FEW = {
-    **{
-        s: f"{s} shards state across processes, and parallel.num_processes 1 has nothing to shard with: use ddp, "
-        "or parallel.num_processes >= 2"
-        for s in ("zero1", "zero2", "zero3")
-    },  # fmt: skip
-    "ps": "ps needs a server and at least one worker: set parallel.num_processes >= 2",
-    "dp_tp": "dp_tp needs a (dp, tp) grid of processes (>= 4 for both > 1): set parallel.num_processes >= 2",
-}
+def register_layout(spec: StrategySpec, replace: bool = False) -> StrategySpec:
+    """Add a layout to the registry (``replace``: redeclare one of the same name). Returns the spec."""
+    if not (isinstance(spec.name, str) and NAME_RE.match(spec.name) and ":" not in spec.name):
+        raise ValueError(f"a layout's name is a word (letters, digits, _ and -), got {spec.name!r}")
+    if spec.name in STRATEGY_SPECS and not replace:
+        raise ValueError(f"layout {spec.name!r} is registered already (by {STRATEGY_SPECS[spec.name].module})")
+    if spec.min_processes < 1:
+        raise ValueError(f"layout {spec.name!r}: min_processes must be >= 1, got {spec.min_processes}")
+    if not spec.module:
+        spec = dataclasses.replace(spec, module=getattr(spec.build, "__module__", "") or "")
+    STRATEGY_SPECS[spec.name] = spec
+    return spec
+
+
+def unregister_layout(name: str) -> None:
+    STRATEGY_SPECS.pop(name, None)
+
+
+def layout_modules() -> list[str]:
+    """The modules outside the workbench that declared layouts: each rank of a run imports them."""
+    return sorted({s.module for s in STRATEGY_SPECS.values() if s.module and not s.module.startswith("workbench.")})
+
+
+def import_layout_modules(env: dict[str, str] | None = None) -> None:
+    """In a run's process: import the modules that declared its layouts in the launching process."""
+    for name in (env if env is not None else os.environ).get(LAYOUT_MODULES_ENV, "").split(","):
+        if name:
+            importlib.import_module(name)
+
+
+def finetune_strategies() -> tuple[str, ...]:
+    return tuple(s for s, spec in STRATEGY_SPECS.items() if spec.finetunes)
 
 
 def strategies_using(key: str) -> tuple[str, ...]:
@@ -87,7 +131,7 @@ def divisors(n: int) -> list[int]:
 def validate_layout(cfg: RunConfig, P: list[Problem]) -> None:
     """The combinations of parallel.* with each other, the model and the precision (workbench/parallel/)."""
     p, m = cfg.parallel, cfg.model
-    if p.strategy not in STRATEGIES or not all(
+    if p.strategy not in STRATEGY_SPECS or not all(
         is_int(v) and v >= 1 for v in (p.num_processes, p.tp_size, p.pp_size, p.pp_microbatches)
     ):
         return  # the single-key checks already name the problem
@@ -98,16 +142,14 @@ def validate_layout(cfg: RunConfig, P: list[Problem]) -> None:
     if p.pp_size != 1 and "parallel.pp_size" not in spec.keys:
         P.append(Problem("parallel.pp_size", f"only {_one_of(strategies_using('parallel.pp_size'), 'and')} has "
                          f"pipeline stages; with parallel.strategy {s} set parallel.pp_size: 1"))  # fmt: skip
-    if n < spec.min_processes and s in _TOO_FEW:
-        P.append(Problem("parallel.strategy", _TOO_FEW[s]))
+    if n < spec.min_processes and spec.too_few:
+        P.append(Problem("parallel.strategy", spec.too_few))
     if spec.model_parallel and is_import_string(m.arch):
         others = [k for k, v in STRATEGY_SPECS.items() if not v.model_parallel]
         P.append(Problem("parallel.strategy", f"{s} splits the reference GPT's blocks by name; with your own "
                          f"model.arch use {_one_of(others, 'or')}"))  # fmt: skip
-    if "parallel.tp_size" in spec.keys:
-        _check_tp(cfg, P)
-    if "parallel.pp_size" in spec.keys:
-        _check_pp(cfg, P)
+    if spec.check is not None:
+        spec.check(cfg, P)
     if cfg.precision == "fp16" and cfg.precision not in spec.precisions:
         P.append(Problem("precision", f"fp16's loss scaler must agree across shards; this version has it for "
                          f"{_one_of(strategies_with('fp16'), 'and')}: use bf16 with parallel.strategy {s}"))  # fmt: skip
@@ -121,22 +163,33 @@ def validate_layout(cfg: RunConfig, P: list[Problem]) -> None:
                          f"only: use bf16 with parallel.strategy {s}"))  # fmt: skip
 
 
-def _check_tp(cfg: RunConfig, P: list[Problem]) -> None:
-    p, m = cfg.parallel, cfg.model
-    s, n, tp = p.strategy, p.num_processes, p.tp_size
-    if s == "tp":
-        if tp < 2:
-            P.append(Problem("parallel.tp_size", f"tp needs tp_size >= 2 processes sharing each layer; set "
-                             f"parallel.tp_size: {n} (= parallel.num_processes)"))  # fmt: skip
-        elif tp != n:
-            P.append(Problem("parallel.tp_size", f"tp puts all parallel.num_processes ({n}) in one tensor-parallel "
-                             f"group: set parallel.tp_size: {n}, or use parallel.strategy dp_tp to combine "
-                             f"tp_size {tp} with data parallelism"))  # fmt: skip
-    if s == "dp_tp" and n % tp:
+def check_tp(cfg: RunConfig, P: list[Problem]) -> None:
+    """tp: all processes in one tensor-parallel group."""
+    n, tp = cfg.parallel.num_processes, cfg.parallel.tp_size
+    if tp < 2:
+        P.append(Problem("parallel.tp_size", f"tp needs tp_size >= 2 processes sharing each layer; set "
+                         f"parallel.tp_size: {n} (= parallel.num_processes)"))  # fmt: skip
+    elif tp != n:
+        P.append(Problem("parallel.tp_size", f"tp puts all parallel.num_processes ({n}) in one tensor-parallel "
+                         f"group: set parallel.tp_size: {n}, or use parallel.strategy dp_tp to combine "
+                         f"tp_size {tp} with data parallelism"))  # fmt: skip
+    check_heads_split(cfg, P)
+
+
+def check_dp_tp(cfg: RunConfig, P: list[Problem]) -> None:
+    """dp_tp: a (dp, tp) grid of processes."""
+    n, tp = cfg.parallel.num_processes, cfg.parallel.tp_size
+    if n % tp:
         P.append(Problem("parallel.tp_size", f"dp_tp arranges parallel.num_processes ({n}) as a (dp, tp) grid: "
                          f"tp_size must divide it; pick one of {divisors(n)}"))  # fmt: skip
+    check_heads_split(cfg, P)
+
+
+def check_heads_split(cfg: RunConfig, P: list[Problem]) -> None:
+    """The reference GPT's heads and MLP units divide by tp_size (a Hugging Face model's own fields: config/hf.py)."""
+    m, n, tp = cfg.model, cfg.parallel.num_processes, cfg.parallel.tp_size
     model_ok = all(is_int(v) and v >= 1 for v in (m.n_layer, m.n_head, m.d_model))
-    if tp > 1 and model_ok and not is_hf(m.arch):  # a Hugging Face model's own fields: config/hf.py
+    if tp > 1 and model_ok and not is_hf(m.arch):
         if m.n_head % tp:
             heads = [k for k in divisors(m.n_head) if k > 1 and k <= n]
             P.append(Problem("parallel.tp_size", f"model.n_head {m.n_head} does not divide by parallel.tp_size {tp}: "
@@ -147,7 +200,8 @@ def _check_tp(cfg: RunConfig, P: list[Problem]) -> None:
                              f"divide by parallel.tp_size {tp}"))  # fmt: skip
 
 
-def _check_pp(cfg: RunConfig, P: list[Problem]) -> None:
+def check_pp(cfg: RunConfig, P: list[Problem]) -> None:
+    """pp: one pipeline, one stage per process."""
     p, m = cfg.parallel, cfg.model
     n, pp, mb = p.num_processes, p.pp_size, p.pp_microbatches
     if pp < 2:

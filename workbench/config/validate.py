@@ -26,13 +26,12 @@ from workbench.config.schema import (
     PP_SCHEDULES,
     PRECISIONS,
     PROFILE_WARMUP,
-    STRATEGIES,
     Problem,
     RunConfig,
     is_int,
     is_num,
 )
-from workbench.config.strategies import validate_layout
+from workbench.config.strategies import STRATEGY_SPECS, validate_layout
 from workbench.factory import is_import_string
 
 
@@ -171,7 +170,7 @@ def _validate_parallel(cfg: RunConfig, c: Checker, dev: DeviceInfo) -> None:
     """parallel.* keys alone, and the process count against the machine (their combinations: strategies.py)."""
     p = cfg.parallel
     ok_n = c.need_int("parallel.num_processes", p.num_processes, 1, 1024)
-    c.need_choice("parallel.strategy", p.strategy, STRATEGIES)
+    c.need_choice("parallel.strategy", p.strategy, tuple(STRATEGY_SPECS))
     c.need_int("parallel.tp_size", p.tp_size, 1, 1024)
     c.need_int("parallel.pp_size", p.pp_size, 1, 1024)
     c.need_choice("parallel.pp_schedule", p.pp_schedule, PP_SCHEDULES)

@@ -1,4 +1,5 @@
-"""Parallelism layouts: one file per strategy, one entry point for the worker.
+"""Parallelism layouts: one file per strategy, one entry point for the worker. Each strategy's spec
+(workbench/layouts.py, read through STRATEGY_SPECS) names its Layout class here.
 
     strategy  file                 what is split across processes
     ddp       ddp.py               the data (Accelerate's DistributedDataParallel)
@@ -23,6 +24,7 @@ from typing import Any
 
 import torch
 
+from workbench.config import STRATEGY_SPECS
 from workbench.parallel.checkpointing import apply_activation_checkpointing
 from workbench.parallel.comm import CommProbe
 from workbench.parallel.common import Layout
@@ -46,28 +48,13 @@ def setup(
     optimizer state is sharded with them). ``scaler``/``fwd_ctx``: the worker's fp16-on-CPU loss scaler and
     autocast. Returns the Layout the worker trains with.
     """
-    from workbench.parallel.ddp import DDPLayout
-    from workbench.parallel.fsdp import FSDPLayout, Zero1Layout
-    from workbench.parallel.parameter_server import ParameterServerLayout
-    from workbench.parallel.pipeline import PipelineLayout
-    from workbench.parallel.tensor import TensorParallelLayout
-
     strategy = cfg.parallel.strategy
     if cfg.activation_checkpointing:
         apply_activation_checkpointing(model)  # before sharding: the wrappers go around checkpointed blocks
     if getattr(cfg, "compile", False):
         compile_blocks(model)  # compiled lazily at the first forward; names and state dicts unchanged
-    classes = {
-        "ddp": DDPLayout,
-        "zero1": Zero1Layout,
-        "zero2": FSDPLayout,
-        "zero3": FSDPLayout,
-        "tp": TensorParallelLayout,
-        "dp_tp": TensorParallelLayout,
-        "pp": PipelineLayout,
-        "ps": ParameterServerLayout,
-    }
-    if strategy != "ddp":
+    spec = STRATEGY_SPECS[strategy]  # declared in workbench/layouts.py, or registered by your own module
+    if not spec.prepared_by_accelerate:
         # Accelerate never sees these models, so it does not autocast them: do it here. (fp16 with its loss
         # scaler is validated to ddp and zero1 only; zero2/zero3/dp_tp replace autocast by FSDP2's policy.)
         device = acc.device.type
@@ -76,4 +63,4 @@ def setup(
         elif cfg.precision == "fp16" and scaler is None:
             scaler = torch.amp.GradScaler(device)
             fwd_ctx = torch.autocast(device, dtype=torch.float16)
-    return classes[strategy](cfg, acc, model, make_optimizer, scaler=scaler, fwd_ctx=fwd_ctx or nullcontext())
+    return spec.build(cfg, acc, model, make_optimizer, scaler=scaler, fwd_ctx=fwd_ctx or nullcontext())

@@ -104,13 +104,16 @@ class FSDPLayout(DTensorLayout):
 
     checkpoint_format = "torch.distributed.checkpoint (sharded, one file per rank)"
 
-    def __init__(self, cfg: Any, acc: Any, model: nn.Module, make_optimizer: Any, **kw: Any) -> None:
+    def __init__(
+        self, cfg: Any, acc: Any, model: nn.Module, make_optimizer: Any, *, reshard_after_forward: bool, **kw: Any
+    ) -> None:
+        """reshard_after_forward: ZeRO-3 (parameters sharded again after each block's forward); False: ZeRO-2."""
         from torch.distributed.device_mesh import init_device_mesh
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
         super().__init__(cfg, acc, **kw)
         self.strategy = cfg.parallel.strategy
-        self.reshard_after_forward = self.strategy == "zero3"
+        self.reshard_after_forward = reshard_after_forward
         self.mesh = init_device_mesh(self.device.type, (self.world,), mesh_dim_names=("dp",))
         if cfg.precision == "bf16":
             # FSDP2's own mixed precision: bf16 compute and all-gathers, fp32 sharded master weights and an

@@ -64,7 +64,10 @@ def plan_names_of(model: nn.Module) -> dict[str, str]:
 class TensorParallelLayout(DTensorLayout):
     checkpoint_format = "torch.distributed.checkpoint (sharded, one file per rank)"
 
-    def __init__(self, cfg: Any, acc: Any, model: nn.Module, make_optimizer: Any, **kw: Any) -> None:
+    def __init__(
+        self, cfg: Any, acc: Any, model: nn.Module, make_optimizer: Any, *, data_parallel: bool, **kw: Any
+    ) -> None:
+        """data_parallel: a (dp, tp) mesh with FSDP2 across its rows (dp_tp); False: one tensor-parallel group."""
         from torch.distributed.device_mesh import init_device_mesh
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
         from torch.distributed.tensor.parallel import parallelize_module
@@ -75,7 +78,8 @@ class TensorParallelLayout(DTensorLayout):
         self.tp = p.tp_size
         self.dp = self.world // self.tp
         dev = self.device.type
-        if self.strategy == "tp":
+        self.data_parallel = data_parallel
+        if not data_parallel:
             self.mesh = init_device_mesh(dev, (self.tp,), mesh_dim_names=("tp",))
             tp_mesh, dp_mesh = self.mesh, None
         else:
@@ -115,7 +119,7 @@ class TensorParallelLayout(DTensorLayout):
 
     def wrapper_name(self) -> str:
         base = type(self.model).__name__
-        return f"{base} (DTensor tensor parallel)" if self.strategy == "tp" else f"{base} (FSDP2 x DTensor TP)"
+        return f"{base} (DTensor tensor parallel)" if not self.data_parallel else f"{base} (FSDP2 x DTensor TP)"
 
     def extra_facts(self) -> dict[str, Any]:
         return {"mesh": dict(zip(self.mesh.mesh_dim_names, self.mesh.shape, strict=True)), "tp_plan": self.plan_names}

@@ -34,6 +34,7 @@ import os
 import time
 from typing import TYPE_CHECKING
 
+from workbench.config import STRATEGY_SPECS
 from workbench.models.shapes import TransformerShape, shape_of
 from workbench.plan.activations import Activations, block_activation_bytes, outer_activation_bytes
 from workbench.plan.comm import comm_per_rank
@@ -136,12 +137,17 @@ def _count_memory(cfg: RunConfig, s: TransformerShape, B: int, notes: list[str],
         approximate.append("flops_per_token")
     par = cfg.parallel
     ckpt = bool(getattr(cfg, "activation_checkpointing", False))
-    pipeline = max(1, par.pp_microbatches) if par.strategy == "pp" else 0
+    pipeline = max(1, par.pp_microbatches) if pipelined(cfg) else 0
     act_of = Activations(s, p, ckpt, cfg.model.dropout, is_cpu, pipeline)
     act_of.fp16_scaler = cfg.precision == "fp16"
     c = Counting(cfg, s, p, B, act_of, approximate, notes)
     c.ranks = memory_per_rank(c, is_cpu)
     return c
+
+
+def pipelined(cfg: RunConfig) -> bool:
+    spec = STRATEGY_SPECS.get(cfg.parallel.strategy)
+    return spec is not None and spec.pipelined
 
 
 def _peak(cfg: RunConfig, dev: str) -> tuple[float, str]:
@@ -169,7 +175,7 @@ def _flops_notes(s: TransformerShape, approximate: list[str], notes: list[str]) 
 
 
 def _closing_notes(cfg: RunConfig, notes: list[str]) -> None:
-    if cfg.parallel.strategy == "pp":
+    if pipelined(cfg):
         notes.append("step time counts the pipeline bubble; send/recv latency is not modelled")
     notes.append(
         f"master_bytes is 0: {cfg.precision} runs as autocast over fp32 parameters, which serve as the master weights"

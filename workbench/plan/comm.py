@@ -8,10 +8,10 @@ run. Reductions at log steps are not per step.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from workbench.config import STRATEGY_SPECS
 from workbench.models.shapes import TransformerShape
 from workbench.plan.precision import Precision
 
@@ -72,22 +72,37 @@ def parameter_server_comm(c: Comm) -> PerRank:
     return [sum(server.values())] + [worker] * (W - 1), server
 
 
-def fsdp_comm(c: Comm) -> PerRank:
+def zero2_comm(c: Comm) -> PerRank:
+    return fsdp_comm(c, gathers=1)
+
+
+def zero3_comm(c: Comm) -> PerRank:
+    return fsdp_comm(c, gathers=2)  # the parameters gathered again for backward
+
+
+def fsdp_comm(c: Comm, gathers: int) -> PerRank:
     # Every micro-step: all-gather the parameters (forward; ZeRO-3 again for backward) in the compute
     # dtype and reduce-scatter the fp32 gradients into their shards (gradients stay sharded between
     # micro-steps, as in DeepSpeed's ZeRO-2/3).
     k = c.cfg.grad_accum_steps
-    gathers = 2 if c.cfg.parallel.strategy == "zero3" else 1
     ops = {"all_gather": k * gathers * c.p.gather * c.N, "reduce_scatter": k * 4 * c.N, "all_reduce": NORM}
     return [sum(ops.values())] * c.W, ops
 
 
-def tensor_parallel_comm(c: Comm) -> PerRank:
+def tp_comm(c: Comm) -> PerRank:
+    return tensor_parallel_comm(c, dp_tp=False)
+
+
+def dp_tp_comm(c: Comm) -> PerRank:
+    return tensor_parallel_comm(c, dp_tp=True)
+
+
+def tensor_parallel_comm(c: Comm, dp_tp: bool) -> PerRank:
     cfg, s, p = c.cfg, c.s, c.p
     k, par = cfg.grad_accum_steps, cfg.parallel
     ckpt = bool(getattr(cfg, "activation_checkpointing", False))
     t = max(1, par.tp_size)
-    dp = max(1, c.W // t) if par.strategy == "dp_tp" else 1
+    dp = cfg.dp_degree if dp_tp else 1
     tokens = cfg.micro_batch_size * t * s.seq_len  # a row computes on its t ranks' micro-batches stacked
     # Per layer and micro-step: forward all-reduces the outputs of the Rowwise Linears (o and fc2 / down) in
     # the compute dtype; backward all-reduces the input gradients of the Colwise ones (q, k, v and fc1, or
@@ -97,7 +112,7 @@ def tensor_parallel_comm(c: Comm) -> PerRank:
     fwd = (styles.count("rowwise") + (1 if ckpt else 0)) * p.act
     bwd = styles.count("colwise") * p.resid
     ops = {"all_gather": c.pooled(t), "all_reduce": s.n_layer * k * tokens * s.d_model * (fwd + bwd) + NORM}
-    if par.strategy == "dp_tp":
+    if dp_tp:
         if dp > 1:  # FSDP2 over the dp dimension on the TP-local parameters (not measured here: 4+ ranks)
             c.approximate.append("comm_bytes")
             local = c.N // t
@@ -122,21 +137,9 @@ def pipeline_comm(c: Comm) -> PerRank:
     return comm, ops
 
 
-COMM_OF: dict[str, Callable[[Comm], PerRank]] = {
-    "ddp": ddp_comm,
-    "zero1": zero1_comm,
-    "ps": parameter_server_comm,
-    "zero2": fsdp_comm,
-    "zero3": fsdp_comm,
-    "tp": tensor_parallel_comm,
-    "dp_tp": tensor_parallel_comm,
-    "pp": pipeline_comm,
-}
-
-
 def comm_per_rank(cfg: RunConfig, s: TransformerShape, p: Precision, approximate: list[str]) -> PerRank:
     """Payload bytes per optimizer step for each rank, and rank 0's by collective (nothing on one process)."""
     W = cfg.parallel.num_processes
     if W <= 1:
         return [0] * max(1, W), {}
-    return COMM_OF[cfg.parallel.strategy](Comm(cfg, s, p, approximate))
+    return STRATEGY_SPECS[cfg.parallel.strategy].comm(Comm(cfg, s, p, approximate))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from workbench.config import STRATEGY_SPECS
 from workbench.models.shapes import TransformerShape
 from workbench.plan.activations import Activations
 from workbench.plan.result import RankMemory
@@ -44,7 +45,8 @@ def bubble_fraction(num_stages: int, microbatches: int) -> float:
 def bubble_fraction_of(cfg: RunConfig) -> float:
     """The bubble of cfg's layout: 0 without a pipeline."""
     p = cfg.parallel
-    if p.strategy != "pp" or p.pp_size <= 1:
+    spec = STRATEGY_SPECS.get(p.strategy)
+    if spec is None or not spec.pipelined or p.pp_size <= 1:
         return 0.0
     return bubble_fraction(p.pp_size, p.pp_microbatches)
 

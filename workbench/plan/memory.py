@@ -1,13 +1,13 @@
 """Memory per rank, one function per layout, as ``workbench/parallel/`` builds it (see the docstring of each
-file there). ``MEMORY_OF`` dispatches strategy -> function, as ``parallel.setup`` dispatches the layouts."""
+file there). Each layout's spec (STRATEGY_SPECS, declared in workbench/layouts.py) names its function."""
 
 from __future__ import annotations
 
 import heapq
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from workbench.config import STRATEGY_SPECS
 from workbench.models.shapes import TransformerShape, numel
 from workbench.plan.activations import Activations
 from workbench.plan.compute import stage_layers
@@ -121,13 +121,20 @@ def finetune_memory(c: Counting, counts: tuple) -> list[RankMemory]:
     return ranks
 
 
-def replicated_memory(c: Counting) -> list[RankMemory]:
+def ddp_memory(c: Counting) -> list[RankMemory]:
+    return replicated_memory(c, zero1=False)
+
+
+def zero1_memory(c: Counting) -> list[RankMemory]:
+    return replicated_memory(c, zero1=True)
+
+
+def replicated_memory(c: Counting, zero1: bool) -> list[RankMemory]:
     """ddp and zero1: every rank holds the whole model; DDP copies gradients into flat fp32 buckets for the
     all-reduce (gradient_as_bucket_view=False): a second gradient-sized buffer. Accelerate wraps in DDP only
     when there is more than one process. zero1: ZeroRedundancyOptimizer keeps this rank's share of the state."""
     p, N, W = c.p, c.N, c.W
     act = c.acts(0, c.s.n_layer, True, True)
-    zero1 = c.cfg.parallel.strategy == "zero1"
     if zero1:
         opt_el, opt_t = zero1_partition(c.s, c.block, c.outer, W)
     ranks = []
@@ -157,7 +164,15 @@ def parameter_server_memory(c: Counting) -> list[RankMemory]:
     return ranks
 
 
-def fsdp_memory(c: Counting) -> list[RankMemory]:
+def zero2_memory(c: Counting) -> list[RankMemory]:
+    return fsdp_memory(c, reshard_after_forward=False)
+
+
+def zero3_memory(c: Counting) -> list[RankMemory]:
+    return fsdp_memory(c, reshard_after_forward=True)
+
+
+def fsdp_memory(c: Counting, reshard_after_forward: bool) -> list[RankMemory]:
     """zero2 and zero3: FSDP2 fully_shard per Block and at the root, every parameter Shard(0) across all ranks."""
     p, s = c.p, c.s
     act = c.acts(0, s.n_layer, True, True)
@@ -165,7 +180,7 @@ def fsdp_memory(c: Counting) -> list[RankMemory]:
     # Unsharded parameters while they compute (gathered in the compute dtype): ZeRO-3 the root's (kept
     # from forward to backward) + two Blocks (one computing, the next prefetched); ZeRO-2 keeps every
     # Block unsharded from forward to backward. Measured after the step they are 0: this is the peak.
-    unsharded = c.outer_numel + 2 * c.blk_numel if c.cfg.parallel.strategy == "zero3" else c.N
+    unsharded = c.outer_numel + 2 * c.blk_numel if reshard_after_forward else c.N
     ranks = []
     for r in range(c.W):
         local = shards[r]
@@ -178,15 +193,22 @@ def fsdp_memory(c: Counting) -> list[RankMemory]:
     return ranks
 
 
-def tensor_parallel_memory(c: Counting) -> list[RankMemory]:
+def tp_memory(c: Counting) -> list[RankMemory]:
+    return tensor_parallel_memory(c, dp_tp=False)
+
+
+def dp_tp_memory(c: Counting) -> list[RankMemory]:
+    return tensor_parallel_memory(c, dp_tp=True)
+
+
+def tensor_parallel_memory(c: Counting, dp_tp: bool) -> list[RankMemory]:
     """tp and dp_tp: Megatron's split of each Block (models/shapes.py: TENSOR_PARALLEL_PLAN); embeddings,
     norms and the tied head replicated. A tensor-parallel row computes on its ranks' micro-batches stacked.
     dp_tp adds FSDP2 over the dp dimension of a (dp, tp) mesh: each rank keeps 1/dp (dim 0) of its TP-local
     tensors."""
     p, s, W = c.p, c.s, c.W
-    dp_tp = c.cfg.parallel.strategy == "dp_tp"
     t = max(1, c.cfg.parallel.tp_size)
-    dp = max(1, W // t) if dp_tp else 1
+    dp = c.cfg.dp_degree if dp_tp else 1
 
     def local_shape(name: str, sh: tuple[int, ...], ti: int) -> tuple[int, ...]:
         dim = s.tp_split_dim(name)
@@ -252,18 +274,6 @@ def pipeline_memory(c: Counting) -> list[RankMemory]:
     return ranks
 
 
-MEMORY_OF: dict[str, Callable[[Counting], list[RankMemory]]] = {
-    "ddp": replicated_memory,
-    "zero1": replicated_memory,
-    "ps": parameter_server_memory,
-    "zero2": fsdp_memory,
-    "zero3": fsdp_memory,
-    "tp": tensor_parallel_memory,
-    "dp_tp": tensor_parallel_memory,
-    "pp": pipeline_memory,
-}
-
-
 def memory_per_rank(c: Counting, on_cpu: bool) -> list[RankMemory]:
     """Bytes per rank for cfg's layout; labels what is approximate on the way."""
     cfg, strategy = c.cfg, c.cfg.parallel.strategy
@@ -281,10 +291,10 @@ def memory_per_rank(c: Counting, on_cpu: bool) -> list[RankMemory]:
     whole = counts is not None and c.s.task_head_params is not None and cfg.peft.method == "none"
     if counts is not None and not whole:
         ranks = finetune_memory(c, counts)
-    elif strategy not in MEMORY_OF:
-        raise ValueError(f"parallel.strategy {strategy!r}: the planner knows {', '.join(MEMORY_OF)}")
+    elif strategy not in STRATEGY_SPECS:
+        raise ValueError(f"parallel.strategy {strategy!r}: the planner knows {', '.join(STRATEGY_SPECS)}")
     else:
-        ranks = MEMORY_OF[strategy](c)
+        ranks = STRATEGY_SPECS[strategy].memory(c)
     if whole:
         for rm in ranks:
             rm.activation_bytes += counts[3](c.B)

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from workbench.config import STRATEGY_SPECS
+
 if TYPE_CHECKING:
     from workbench.config import RunConfig
 
@@ -41,6 +43,7 @@ FSDP_BF16 = Precision(4, 4, 0, 2, False, resid=2, gather=2)
 
 
 def precision_of(cfg: RunConfig) -> Precision:
-    if cfg.precision == "bf16" and cfg.parallel.strategy in ("zero2", "zero3", "dp_tp"):
+    spec = STRATEGY_SPECS.get(cfg.parallel.strategy)
+    if cfg.precision == "bf16" and spec is not None and spec.fsdp_bf16:
         return FSDP_BF16
     return PRECISION.get(cfg.precision, PRECISION["fp32"])
