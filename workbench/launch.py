@@ -124,12 +124,24 @@ def launch(
 
 
 def _env_with_project_on_path() -> dict[str, str]:
-    # The workers import user factories ("mypkg.models:build") by name: put the caller's cwd on their path.
+    # The workers import user factories ("mypkg.models:build") by name: put the caller's cwd on their path, and
+    # the folder each module that registered a layout here was imported from.
     env = dict(os.environ)
-    paths = [os.getcwd()] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    paths = [os.getcwd()] + [module_root(m) for m in layout_modules()]
+    paths += [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
     env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
     env[LAYOUT_MODULES_ENV] = ",".join(layout_modules())  # layouts registered here by your own modules
     return env
+
+
+def module_root(name: str) -> str:
+    """The folder an imported module's top-level package sits in (what puts ``name`` on an import path)."""
+    path = os.path.abspath(sys.modules[name].__file__ or "")
+    for _ in name.split("."):
+        path = os.path.dirname(path)
+    if os.path.basename(sys.modules[name].__file__ or "") == "__init__.py":
+        path = os.path.dirname(path)
+    return path
 
 
 def cpu_share(num_processes: int, concurrent_runs: int = 1) -> int:
