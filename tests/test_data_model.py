@@ -120,8 +120,11 @@ def test_shape_is_the_reference_gpts_own(bias):
     assert named[:2] == s.outer_tensors()[:2]  # token and position tables first
     assert [(n.split(".", 2)[2], sh) for n, sh in named if n.startswith("blocks.0.")] == s.block_tensors()
     assert s.num_params == m.num_params() and s.flops_per_token() == m.flops_per_token()
-    # what tensor parallelism shards: exactly the Linears parallel/tensor.py parallelizes, along the plan's dims
-    from workbench.parallel.tensor import TP_PLAN_NAMES
+    # what tensor parallelism shards: exactly the Linears parallel/tensor.py parallelizes (the GPT family's plan),
+    # along the plan's dims
+    from workbench.parallel.tensor import plan_names_of
+
+    TP_PLAN_NAMES = plan_names_of(m)
 
     split = {n: s.tp_split_dim(n) for n, _ in s.block_tensors()}
     assert {n.rsplit(".", 1)[0] for n, d in split.items() if d is not None} == set(TP_PLAN_NAMES)

@@ -23,6 +23,7 @@ import torch.nn as nn
 import workbench as wb
 from workbench import finetune as ft
 from workbench.export import LogitsOnly, serving_logits, whole_batch_diff
+from workbench.models import build_model
 
 from .conftest import QUICKSTART, ROOT
 
@@ -122,7 +123,7 @@ def test_logits_only_serves_the_whole_batch():
     got = LogitsOnly(plain)(x)
     assert got.shape == (3, 5, 11) and torch.equal(got, plain(x))
     gpt = wb.RunConfig.from_yaml(QUICKSTART)
-    model = ft.bare_model(gpt).eval()
+    model = build_model(gpt).eval()
     tokens = torch.randint(0, gpt.data.vocab_size, (3, gpt.model.seq_len))
     with torch.no_grad():
         assert torch.equal(LogitsOnly(model)(tokens), model(tokens)[0])  # the tuple contract: its logits

@@ -33,6 +33,7 @@ from workbench import compress
 from workbench import finetune as ft
 from workbench.compress import prunable_linears
 from workbench.config import ConfigError, DeviceInfo
+from workbench.models import build_model
 
 pytestmark = pytest.mark.slow
 
@@ -154,7 +155,7 @@ def test_no_eval_metric_from_zero_samples(quickstart_module):
             return t
 
     cfg = quickstart_module.override({"task.kind": "classify"})
-    model = ft.bare_model(cfg)
+    model = build_model(cfg)
     assert ft.eval_event(Acc(), model, [], cfg, torch.no_grad(), "eval") == {}
     x, y = (torch.from_numpy(a[:4]) for a in ft.task_arrays(cfg, "test"))
     ev = ft.eval_event(Acc(), model, [(x, y)], cfg, torch.no_grad(), "test")

@@ -33,11 +33,11 @@ def post(url: str, body: bytes | dict, timeout: float = 30) -> tuple[int, dict]:
 
 
 def served_model(quickstart, kind: str = "lm") -> ServedModel:
-    from workbench.finetune import bare_model
+    from workbench.models import build_model
 
     cfg = quickstart.override({"task.kind": kind})
     torch.manual_seed(0)
-    return ServedModel(bare_model(cfg).eval(), kind, cfg.data.vocab_size, cfg.model.seq_len,
+    return ServedModel(build_model(cfg).eval(), kind, cfg.data.vocab_size, cfg.model.seq_len,
                        cfg.task.num_labels if kind == "classify" else None)  # fmt: skip
 
 

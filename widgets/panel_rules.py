@@ -17,7 +17,8 @@ from widgets.controls import ChoiceButtons, get_key
 from widgets.problems_view import note_html
 from workbench.config import DeviceInfo, RunConfig, is_import_string
 from workbench.config.hf import FILE_KINDS, HF_REFUSED_STRATEGIES
-from workbench.models.hf_config import hf_source, hf_task_kinds, is_hf, model_type_of
+from workbench.factory import is_hf
+from workbench.models.hf_config import hf_source, hf_task_kinds, model_type_of
 
 # keys that only matter under a setting other than the strategy: key -> (setting key, values); a value ending
 # in "*" matches every setting that starts with it ("hf:*": any Hugging Face model)

@@ -1,5 +1,6 @@
-"""Your own code by name: ``"pkg.module:factory"`` (``model.arch``, ``data.source``), the one leaf home of how such a
-name is recognised and imported. It imports nothing of the workbench, so config, data and models all read it."""
+"""What a ``model.arch`` / ``data.source`` string names: your own code (``"pkg.module:factory"``, imported from the
+launch folder) or a Hugging Face model (``"hf:..."``). The one leaf home of how such names are recognised: it
+imports nothing of the workbench, so config, data and models all read it."""
 
 from __future__ import annotations
 
@@ -11,15 +12,18 @@ import sys
 from collections.abc import Callable, Iterator
 from typing import Any
 
-__all__ = ["is_import_string", "launch_folder_on_path", "load_factory"]
+__all__ = ["is_hf", "is_import_string", "launch_folder_on_path", "load_factory"]
+
+
+def is_hf(arch: Any) -> bool:
+    """Whether model.arch names a Hugging Face model: "hf:<type>" or "hf:<folder>" (models/hf_config.py)."""
+    return isinstance(arch, str) and arch.startswith("hf:")
 
 
 def is_import_string(s: Any) -> bool:
     """Whether s reads "pkg.module:factory": your own model or data, imported from the launch folder or PYTHONPATH.
     ("hf:..." is a Hugging Face model, never a module named hf.)"""
-    return (
-        isinstance(s, str) and not s.startswith("hf:") and re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*", s) is not None
-    )
+    return isinstance(s, str) and not is_hf(s) and re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*", s) is not None
 
 
 def load_factory(spec: str) -> Callable[..., Any]:

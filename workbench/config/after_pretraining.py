@@ -17,6 +17,7 @@ from workbench.config.schema import (
 )
 from workbench.config.strategies import STRATEGY_SPECS, finetune_strategies
 from workbench.data import TEXT_VOCAB
+from workbench.factory import is_hf
 
 if TYPE_CHECKING:
     from workbench.config.validate import Checker
@@ -33,7 +34,7 @@ def vocab_of(cfg: RunConfig) -> int | None:
     """The token vocabulary a config trains on; None for your own data (its factory decides)."""
     if cfg.data.source == "text":
         return TEXT_VOCAB
-    if cfg.data.source == "files" or cfg.model.arch.startswith("hf:"):
+    if cfg.data.source == "files" or is_hf(cfg.model.arch):
         from workbench.config.hf import hf_vocab_of
 
         return hf_vocab_of(cfg)
@@ -67,7 +68,7 @@ def _source_run(cfg: RunConfig, key: str, path: Any, P: list[Problem]) -> RunCon
         P.append(Problem(key, f"{path!r} trained model.arch {src.model.arch!r}, this config {cfg.model.arch!r}: "
                          f"set model.arch: {src.model.arch}"))  # fmt: skip
         return None
-    if src.model.arch != "gpt" and not src.model.arch.startswith("hf:"):
+    if src.model.arch != "gpt" and not is_hf(src.model.arch):
         P.append(Problem(key, f"{path!r} trained model.arch {src.model.arch!r}; only gpt and hf: runs can be loaded"))
         return None
     return src
@@ -79,11 +80,11 @@ def validate_after_pretraining(cfg: RunConfig, c: Checker) -> None:
     ok_kind = c.need_choice("task.kind", t.kind, TASK_KINDS)
     ok_labels = c.need_int("task.num_labels", t.num_labels, 2, 1024)
     classify = ok_kind and t.kind == "classify"
-    if ok_kind and t.kind == "mlm" and not (isinstance(cfg.model.arch, str) and cfg.model.arch.startswith("hf:")):
+    if ok_kind and t.kind == "mlm" and not is_hf(cfg.model.arch):
         P.append(Problem("task.kind", "mlm (masked-language pretraining) trains an encoder: set model.arch: hf:bert, "
                          "or task.kind: lm for a decoder"))  # fmt: skip
     if classify:
-        if cfg.data.source == "files" and not cfg.model.arch.startswith("hf:"):
+        if cfg.data.source == "files" and not is_hf(cfg.model.arch):
             pass  # validate_files refuses it with its reason
         elif cfg.data.source == "text":
             P.append(Problem("task.kind", "classify needs labelled data: use data.source synthetic (labels from "
@@ -103,7 +104,7 @@ def validate_after_pretraining(cfg: RunConfig, c: Checker) -> None:
     uses = [k for k, on in (("task.kind", classify), ("peft.method", ok_method and pe.method != "none"),
                             ("distill.teacher", bool(di.teacher))) if on]  # fmt: skip
     for key in uses:
-        if cfg.model.arch.startswith("hf:"):
+        if is_hf(cfg.model.arch):
             continue  # a Hugging Face model: its own checks (config/hf.py), every layout it takes
         if cfg.model.arch != "gpt":
             P.append(Problem(key, f"needs model.arch gpt (the reference model's Linear names), got {cfg.model.arch!r}"))
@@ -123,7 +124,7 @@ def _validate_peft(cfg: RunConfig, c: Checker) -> bool:
                          f"no capacity; use r <= {cfg.model.d_model}"))  # fmt: skip
     c.need_num("peft.alpha", pe.alpha, 0.0, 1e6, lo_open=True)
     c.need_int("peft.num_virtual_tokens", pe.num_virtual_tokens, 1, 4096)
-    if cfg.model.arch.startswith("hf:"):
+    if is_hf(cfg.model.arch):
         return ok_method  # peft.target: the model type's module names (config/hf.py)
     if ok_method and pe.method not in GPT_PEFT_METHODS:
         P.append(Problem("peft.method", f"{pe.method} is built for Hugging Face models (model.arch hf:...); the "

@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from workbench.models.family import GPT_FAMILY
+
 if TYPE_CHECKING:
     from workbench.config.devices import DeviceInfo
 
@@ -32,8 +34,8 @@ TASK_KINDS = ("lm", "mlm", "classify")  # mlm: masked-language pretraining of an
 # none: every weight trains; frozen: the head only; lora; and for Hugging Face models also adalora, prefix, adapter
 PEFT_METHODS = ("none", "frozen", "lora", "adalora", "prefix", "adapter")
 GPT_PEFT_METHODS = ("none", "frozen", "lora")  # the reference GPT's
-# peft.target groups -> the reference GPT's Linear names (a bare name like "q" or "fc1" works too)
-LORA_TARGETS = {"attn": ("q", "k", "v", "o"), "mlp": ("fc1", "fc2")}
+# peft.target groups -> the reference GPT's Linear names (a bare name like "q" or "fc1" works too): its family's
+LORA_TARGETS = GPT_FAMILY.lora_targets
 
 # a run name: one safe folder name (no "/", no "..", not hidden); notebook_launch checks its names with it too
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._=,+-]{0,127}$")

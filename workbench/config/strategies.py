@@ -18,8 +18,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from workbench.config.schema import NAME_RE, Problem, is_int
-from workbench.factory import is_import_string
-from workbench.models.hf_config import is_hf
+from workbench.factory import is_hf, is_import_string
 
 if TYPE_CHECKING:
     from workbench.config.schema import ParallelConfig, RunConfig

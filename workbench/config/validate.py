@@ -32,7 +32,7 @@ from workbench.config.schema import (
     is_num,
 )
 from workbench.config.strategies import STRATEGY_SPECS, validate_layout
-from workbench.factory import is_import_string
+from workbench.factory import is_hf, is_import_string
 
 
 class Checker:
@@ -111,7 +111,7 @@ def _validate_name(cfg: RunConfig, c: Checker) -> None:
 
 def _validate_model(cfg: RunConfig, c: Checker) -> None:
     m = cfg.model
-    if isinstance(m.arch, str) and m.arch.startswith("hf:"):
+    if is_hf(m.arch):
         validate_hf_model(cfg, c.problems)
     elif is_import_string(m.arch):
         check_importable("model.arch", m.arch, c.problems)

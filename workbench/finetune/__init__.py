@@ -11,7 +11,6 @@ checkpoint (``checkpoints/step_N/model.safetensors``, written by ``accelerator.s
 One module per concept:
 
     task.py        the synthetic sentiment task (SentimentTask), its splits, chance and Bayes accuracy
-    classifier.py  GPTClassifier (the GPT with a score head) and bare_model (the model a config describes)
     lora.py        PEFT: LoRA adapters through peft, their parameter count by formula
     hf_peft.py     PEFT on Hugging Face models: frozen, lora, adalora, prefix, adapter (peft), AdaLoRA's step hook
     load.py        a finished run's model (load_model, LoRA merged), its config, its folder
@@ -26,7 +25,6 @@ here, so ``from workbench import finetune as ft; ft.build(cfg)`` works as it alw
 """
 
 from workbench.finetune.build import active, build, trainable_params
-from workbench.finetune.classifier import GPTClassifier, bare_model
 from workbench.finetune.distill import distill_loss, distill_step_loss, load_teacher
 from workbench.finetune.hf_peft import adalora_hook, merge_hf_peft, peft_trainable, wrap_hf_peft
 from workbench.finetune.load import launch_dir, load_model, logits_of, read_weights, run_config, run_path
@@ -46,11 +44,9 @@ from workbench.finetune.task import (
 __all__ = [
     "SPLITS",
     "TILT",
-    "GPTClassifier",
     "SentimentTask",
     "active",
     "adalora_hook",
-    "bare_model",
     "bayes_accuracy",
     "build",
     "chance_accuracy",

@@ -29,6 +29,7 @@ import torch
 import torch.nn as nn
 
 from workbench.config import RunConfig
+from workbench.models.family import family_of
 from workbench.models.hf_config import model_type_of
 from workbench.models.hf_peft import hf_target_regex
 
@@ -60,10 +61,9 @@ def wrap_hf_peft(cfg: RunConfig, model: nn.Module) -> nn.Module:
     if cfg.peft.method == "none":
         return model
     if cfg.peft.method == "frozen":
-        from workbench.finetune.build import task_head
-
+        family = family_of(model)
         for name, p in model.named_parameters():
-            p.requires_grad_(task_head(model, name))
+            p.requires_grad_(family.is_task_head(model, name))
         return model
     from peft import get_peft_model
 

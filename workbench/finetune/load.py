@@ -10,9 +10,10 @@ import torch
 import torch.nn as nn
 
 from workbench.config import RunConfig, is_import_string, model_checkpoint
-from workbench.finetune.classifier import bare_model
+from workbench.factory import is_hf
 from workbench.finetune.hf_peft import merge_hf_peft, wrap_hf_peft
 from workbench.finetune.lora import wrap_lora
+from workbench.models import build_model
 
 if TYPE_CHECKING:
     from workbench.runs import Run
@@ -68,13 +69,13 @@ def load_model(run: str | Run, merge: bool = True) -> nn.Module:
         raise FileNotFoundError(f"{path!r} holds no checkpoint with model weights (checkpoints/step_N/)")
     import_own_modules_from(path, cfg)
     try:
-        model = bare_model(cfg)
+        model = build_model(cfg)
     except ModuleNotFoundError as e:
         raise ModuleNotFoundError(
             f"model.arch {cfg.model.arch!r} of {path!r}: cannot import {e.name!r} from the launch folder "
             f"{launch_dir(path)!r}; run from the folder you trained in, or put the module on PYTHONPATH"
         ) from e
-    hf = cfg.model.arch.startswith("hf:")
+    hf = is_hf(cfg.model.arch)
     if hf and cfg.peft.method != "none":
         model = wrap_hf_peft(cfg, model)
     elif cfg.peft.method == "lora":

@@ -18,9 +18,17 @@ if TYPE_CHECKING:
     from workbench.config import RunConfig
     from workbench.models.gpt import GPTConfig
 
-__all__ = ["GPT", "GPTConfig", "build_model", "gpt_flops_per_token", "gpt_num_params", "flops_per_token"]
+__all__ = [
+    "GPT",
+    "GPTClassifier",
+    "GPTConfig",
+    "build_model",
+    "gpt_flops_per_token",
+    "gpt_num_params",
+    "flops_per_token",
+]
 
-_FROM_GPT = ("GPT", "GPTConfig", "gpt_flops_per_token", "gpt_num_params")
+_FROM_GPT = ("GPT", "GPTClassifier", "GPTConfig", "gpt_flops_per_token", "gpt_num_params")
 
 
 def __getattr__(name: str) -> Any:
@@ -47,16 +55,19 @@ def gpt_config(cfg: RunConfig) -> GPTConfig:
 
 
 def build_model(cfg: RunConfig) -> nn.Module:
-    from workbench.factory import is_import_string, load_factory
+    """The model a config describes, freshly initialised (init_from's weights and peft: finetune.build)."""
+    from workbench.factory import is_hf, is_import_string, load_factory
 
-    if cfg.model.arch.startswith("hf:"):  # a Hugging Face model (models/hf.py)
+    if is_hf(cfg.model.arch):  # a Hugging Face model (models/hf.py), its own classifier class for classify
         from workbench.models.hf import build_hf_model
 
         return build_hf_model(cfg)
     if is_import_string(cfg.model.arch):
         return load_factory(cfg.model.arch)(cfg)
-    from workbench.models.gpt import GPT
+    from workbench.models.gpt import GPT, GPTClassifier
 
+    if cfg.task.kind == "classify":
+        return GPTClassifier(gpt_config(cfg), cfg.task.num_labels)
     return GPT(gpt_config(cfg))
 
 

@@ -2,7 +2,10 @@
 
 One file, a dataclass config, pre-LayerNorm blocks, causal self-attention through PyTorch's fused
 scaled_dot_product_attention, weight tying between the token embedding and the output head. How the model
-is split across devices lives in ``workbench/parallel/``, not here (torchtitan's split).
+is split across devices lives in ``workbench/parallel/``, not here (torchtitan's split): what the GPT offers the
+layouts is its family (``models/family.py``: blocks, the tensor-parallel plan, pipeline stages), and the two
+variants of it that the family hands out live at the end of this file: GPTStage (one pipeline stage's part) and
+GPTClassifier (the GPT with a score head, for task.kind classify).
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
+from workbench.models.family import GPT_FAMILY
 from workbench.models.shapes import TransformerShape, flops_per_token
 
 
@@ -77,6 +81,8 @@ class Block(nn.Module):
 
 
 class GPT(nn.Module):
+    family = GPT_FAMILY  # what it offers the layouts and fine-tuning (models/family.py)
+
     def __init__(self, cfg: GPTConfig):
         super().__init__()
         self.cfg = cfg
@@ -139,3 +145,71 @@ def gpt_flops_per_token(n_params: int, n_layer: int, n_head: int, d_model: int, 
 def gpt_num_params(vocab_size: int, seq_len: int, n_layer: int, d_model: int, bias: bool = True) -> int:
     """The closed form of GPT.num_params() (n_head does not change the count), without building a model."""
     return TransformerShape(n_layer, d_model, 1, vocab_size, seq_len, bias=bias).num_params
+
+
+class GPTStage(nn.Module):
+    """The part of a GPT one pipeline stage runs. Parameter names are the GPT's own ("blocks.3.attn.q..."), so
+    checkpoints and state dicts of the stages put together read like the whole model's."""
+
+    family = GPT_FAMILY
+
+    def __init__(self, gpt: nn.Module, index: int, num_stages: int, layers: range) -> None:
+        super().__init__()
+        self.is_first, self.is_last = index == 0, index == num_stages - 1
+        if self.is_first:
+            self.tok_emb, self.pos_emb, self.drop = gpt.tok_emb, gpt.pos_emb, gpt.drop
+        self.blocks = nn.ModuleDict({str(i): gpt.blocks[i] for i in layers})
+        if self.is_last:
+            self.ln_f = gpt.ln_f
+            self.head = nn.Linear(gpt.cfg.d_model, gpt.cfg.vocab_size, bias=False)
+            self.head.weight = nn.Parameter(gpt.tok_emb.weight.detach().clone())  # the tied copy
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.is_first:
+            pos = torch.arange(x.shape[1], device=x.device)
+            x = self.drop(self.tok_emb(x) + self.pos_emb(pos))
+        for block in self.blocks.values():
+            x = block(x)
+        if self.is_last:
+            return self.head(self.ln_f(x))
+        return x
+
+
+class GPTClassifier(GPT):
+    """The reference GPT with a classification head on the mean of its final hidden states.
+
+    A subclass (not a wrapper) so a checkpoint of the language model loads into it name for name, and code
+    that walks ``model.blocks`` finds them. The LM head is dropped: the score head replaces it.
+    """
+
+    def __init__(self, cfg: GPTConfig, num_labels: int):
+        super().__init__(cfg)
+        del self.head  # was tied to tok_emb; the embedding itself stays
+        self.score = nn.Linear(cfg.d_model, num_labels)
+        nn.init.normal_(self.score.weight, mean=0.0, std=0.02)
+        nn.init.zeros_(self.score.bias)
+
+    def features(self, idx: torch.Tensor) -> torch.Tensor:
+        """(B, T, d_model) final hidden states: GPT.forward up to the LM head."""
+        pos = torch.arange(idx.shape[1], device=idx.device)
+        x = self.drop(self.tok_emb(idx) + self.pos_emb(pos))
+        for block in self.blocks:
+            x = block(x)
+        return self.ln_f(x)
+
+    def forward(
+        self, idx: torch.Tensor, labels: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """idx (B, T) tokens, labels (B,). Returns (logits (B, num_labels), mean cross-entropy or None).
+
+        Mean pooling, not the last token: the label is a property of the whole sequence, and the mean keeps
+        every position's evidence one step from the head."""
+        logits = self.score(self.features(idx).mean(dim=1))
+        loss = None if labels is None else F.cross_entropy(logits.float(), labels)
+        return logits, loss
+
+    def flops_per_token(self) -> int:
+        """As GPT's, without the token table: here it only embeds (a lookup), it no longer un-embeds."""
+        c = self.cfg
+        n = self.num_params(non_embedding=True) - self.tok_emb.weight.numel()
+        return gpt_flops_per_token(n, c.n_layer, c.n_head, c.d_model, c.seq_len)

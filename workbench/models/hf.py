@@ -18,6 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from workbench.data.files import PAD, offline
+from workbench.models.family import HF_FAMILY
 from workbench.models.hf_config import (
     HF_TP_MODULES,
     hf_config_dict,
@@ -46,6 +47,8 @@ def hf_auto_class(task: str) -> Any:
 
 class HFModel(nn.Module):
     """The transformers model as ``self.hf``; ``forward(x, y=None)`` returns (logits, loss or None)."""
+
+    family = HF_FAMILY  # what it offers the layouts and fine-tuning (models/family.py)
 
     def __init__(self, hf: nn.Module, task: str, pad_id: int, flops: int) -> None:
         super().__init__()

@@ -22,6 +22,7 @@ import json
 import os
 from typing import TYPE_CHECKING, Any
 
+from workbench.factory import is_hf
 from workbench.models.shapes import TENSOR_PARALLEL_PLAN, TransformerShape, numel
 
 if TYPE_CHECKING:
@@ -111,10 +112,6 @@ HF_TP_REFUSED = {
     "do not take) and q, k, v fused into one c_attn matrix (a column split would hand a rank queries and keys "
     "of different heads); use zero3 to split its memory",
 }
-
-
-def is_hf(arch: Any) -> bool:
-    return isinstance(arch, str) and arch.startswith("hf:")
 
 
 def hf_source(arch: str) -> tuple[str, str]:

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from workbench.data import TEXT_VOCAB, vocab_size_for  # the data's facts, re-exported: their home is workbench.data
+from workbench.factory import is_hf
 
 if TYPE_CHECKING:
     from workbench.config import RunConfig
@@ -260,7 +261,7 @@ def shape_of(cfg: RunConfig | Any) -> TransformerShape:
     the reference GPT (``models/gpt.py``: LayerNorm and Linear biases, a 4·d GELU MLP, learned positions, the
     head tied to the token embedding)."""
     m = cfg.model
-    if isinstance(m.arch, str) and m.arch.startswith("hf:"):
+    if is_hf(m.arch):
         from workbench.models.hf_config import hf_shape
 
         return hf_shape(cfg)

@@ -21,31 +21,21 @@ from typing import Any
 import torch.nn as nn
 from torch.utils.checkpoint import checkpoint
 
+from workbench.models.family import family_of
+
 
 def find_blocks(model: nn.Module) -> list[nn.Module]:
-    """The repeated blocks of a model: the GPT's ``blocks``; a Hugging Face model's blocks, the modules its
-    ``_no_split_modules`` names (LlamaDecoderLayer, BertLayer, ...) that sit in a ModuleList; else the longest
-    ``nn.ModuleList`` in it."""
-    blocks = getattr(model, "blocks", None)
-    if isinstance(blocks, (nn.ModuleList, nn.ModuleDict)):
-        return list(blocks.values()) if isinstance(blocks, nn.ModuleDict) else list(blocks)
-    lists = [m for m in model.modules() if isinstance(m, nn.ModuleList)]
-    named = set().union(*(getattr(m, "_no_split_modules", None) or () for m in model.modules()))
-    in_lists = [b for lst in lists for b in lst if type(b).__name__ in named]
-    if in_lists:
-        return in_lists
-    return list(max(lists, key=len)) if lists else []
+    """The repeated blocks of a model, as its family names them (models/family.py)."""
+    return family_of(model).blocks(model)
 
 
 def apply_activation_checkpointing(model: nn.Module) -> int:
     """Checkpoint every block of ``model``; returns how many. Raises if the model has no blocks to wrap.
 
-    A Hugging Face model (``model.hf``, workbench/models/hf.py) uses transformers' own switch, which
-    checkpoints the same blocks (non-reentrant as well)."""
+    A family with a switch of its own (a Hugging Face model: transformers', which checkpoints the same blocks,
+    non-reentrant as well) turns it on instead."""
     blocks = find_blocks(model)
-    hf = getattr(model, "hf", None)
-    if hf is not None and getattr(hf, "supports_gradient_checkpointing", False) and blocks:
-        hf.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    if blocks and family_of(model).checkpoint_natively(model):
         return len(blocks)
     if not blocks:
         raise ValueError(

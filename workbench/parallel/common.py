@@ -19,6 +19,8 @@ import torch.distributed as dist
 import torch.nn as nn
 from torch.nn import functional as F
 
+from workbench.models.family import family_of
+
 
 def loss_of(out: Any) -> torch.Tensor:
     """The model's loss: GPT returns (logits, loss); a user's model may return the loss alone."""
@@ -105,12 +107,12 @@ class Layout:
         named = list(self.named_parameters())
         # Details for the parameters outside the blocks and for the first block this rank holds (the others
         # repeat it): enough to see the layout, small enough for status.json at any depth.
-        held = sorted({int(n.split(".")[1]) for n, _ in named if n.startswith("blocks.") and n.split(".")[1].isdigit()})
-        first = f"blocks.{held[0]}." if held else None
+        model = unwrap(self.model)
+        block_of = {id(p): i for i, b in enumerate(family_of(model).blocks(model)) for p in b.parameters()}
         for name, p in named:
             t = type(p.data if isinstance(p, nn.Parameter) and not isinstance(p, DTensor) else p).__name__
             types[t] = types.get(t, 0) + 1
-            if name.startswith("blocks.") and (first is None or not name.startswith(first)):
+            if block_of.get(id(p), 0) > 0:  # a block after the first this rank holds
                 continue
             entry: dict[str, Any] = {"type": t, "shape": list(p.shape), "local_shape": list(local(p).shape)}
             if isinstance(p, DTensor):

@@ -1,7 +1,7 @@
 """pp: pipeline parallelism with torch.distributed.pipelining (GPipe and 1F1B schedules).
 
-The GPT is cut into ``pp_size`` stages of consecutive blocks, one per process: the embeddings live on stage
-0, the final LayerNorm, the head and the loss on the last stage. Each micro-step's batch is split into
+The model is cut into ``pp_size`` stages of consecutive blocks, one per process, as its family cuts it
+(models/family.py; the GPT: the embeddings on stage 0, the final LayerNorm, the head and the loss on the last). Each micro-step's batch is split into
 ``pp_microbatches`` micro-batches that flow through the stages, so while stage 1 works on micro-batch 0,
 stage 0 already works on micro-batch 1. The schedule decides the order:
 
@@ -17,9 +17,9 @@ grad_accum_steps), so the gradient is that of the mean over the batch (``scale_g
 would otherwise divide every stored gradient by m after each step, including gradients accumulated by
 earlier micro-steps).
 
-Weight tying across stages: the GPT's token embedding (stage 0) is also its output head (last stage). The
-last stage holds a copy, and the two gradients are summed across the pair before every update (Megatron's
-"embedding group"), so both copies receive the same update and stay equal.
+Weight tying across stages (the family's ``tied_parameter``): the GPT's token embedding (stage 0) is also its
+output head (last stage). The last stage holds a copy, and the two gradients are summed across the pair before
+every update (Megatron's "embedding group"), so both copies receive the same update and stay equal.
 """
 
 from __future__ import annotations
@@ -31,36 +31,11 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
+from workbench.models.family import family_of
 from workbench.parallel.common import DCPCheckpoint, Layout, clip_, cross_entropy, nbytes
 
 # (p - 1) / (m + p - 1) and the blocks of each stage: one home each, shared with the plan
 from workbench.plan.compute import bubble_fraction, stage_layers
-
-
-class GPTStage(nn.Module):
-    """The part of a GPT one pipeline stage runs. Parameter names are the GPT's own ("blocks.3.attn.q..."), so
-    checkpoints and state dicts of the stages put together read like the whole model's."""
-
-    def __init__(self, gpt: nn.Module, index: int, num_stages: int, layers: range) -> None:
-        super().__init__()
-        self.is_first, self.is_last = index == 0, index == num_stages - 1
-        if self.is_first:
-            self.tok_emb, self.pos_emb, self.drop = gpt.tok_emb, gpt.pos_emb, gpt.drop
-        self.blocks = nn.ModuleDict({str(i): gpt.blocks[i] for i in layers})
-        if self.is_last:
-            self.ln_f = gpt.ln_f
-            self.head = nn.Linear(gpt.cfg.d_model, gpt.cfg.vocab_size, bias=False)
-            self.head.weight = nn.Parameter(gpt.tok_emb.weight.detach().clone())  # the tied copy
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.is_first:
-            pos = torch.arange(x.shape[1], device=x.device)
-            x = self.drop(self.tok_emb(x) + self.pos_emb(pos))
-        for block in self.blocks.values():
-            x = block(x)
-        if self.is_last:
-            return self.head(self.ln_f(x))
-        return x
 
 
 class Clock:
@@ -131,8 +106,9 @@ class PipelineLayout(DCPCheckpoint, Layout):
         p = cfg.parallel
         self.num_stages, self.m = self.world, p.pp_microbatches
         self.index = self.rank
-        self.layers = stage_layers(len(model.blocks), self.num_stages)[self.index]
-        self.model = GPTStage(model, self.index, self.num_stages, self.layers).to(self.device)
+        family = family_of(model)
+        self.layers = stage_layers(len(family.blocks(model)), self.num_stages)[self.index]
+        self.model = family.pipeline_stage(model, self.index, self.num_stages, self.layers).to(self.device)
         del model  # the other stages' blocks are freed with it
         self.comm_group = dist.group.WORLD  # the whole pipeline trains on one pooled batch
         self.mb = cfg.micro_batch_size * self.num_stages // self.m  # sequences per pipeline micro-batch
@@ -154,13 +130,12 @@ class PipelineLayout(DCPCheckpoint, Layout):
         schedule_cls = ScheduleGPipe if p.pp_schedule == "gpipe" else Schedule1F1B
         self.schedule = schedule_cls(self.stage, n_microbatches=self.m, loss_fn=loss_fn, scale_grads=False)
         self.optimizer = make_optimizer(self.model)
-        # The tied embedding/head pair: stage 0 and the last stage sum their gradients before each update.
+        # The tied pair (the GPT's embedding and head): stage 0 and the last stage sum their gradients before each
+        # update. The last stage's is a copy: its gradient counts once in the norm.
         self.tied_group = dist.new_group([0, self.num_stages - 1])
-        self.tied = None
-        if self.model.is_first:
-            self.tied = self.model.tok_emb.weight
-        elif self.model.is_last:
-            self.tied = self.model.head.weight
+        self.tied = family.tied_parameter(self.model)
+        copy = self.tied is not None and self.model.is_last and not self.model.is_first
+        self.tied_copy = {id(self.tied)} if copy else set()
         self._busy_mark = self._wall_mark = 0.0
 
     def _micro_step(self, x, y, last):
@@ -184,8 +159,7 @@ class PipelineLayout(DCPCheckpoint, Layout):
         if self.tied is not None and self.tied.grad is not None:
             dist.all_reduce(self.tied.grad, group=self.tied_group)
         params = list(self.model.parameters())
-        head = {id(self.model.head.weight)} if self.model.is_last and self.num_stages > 1 else set()
-        grads = [p.grad.float() for p in params if p.grad is not None and id(p) not in head]
+        grads = [p.grad.float() for p in params if p.grad is not None and id(p) not in self.tied_copy]
         sq = torch.zeros((), device=self.device)
         if grads:
             sq = torch.stack([torch.linalg.vector_norm(g) ** 2 for g in grads]).sum()
@@ -215,7 +189,7 @@ class PipelineLayout(DCPCheckpoint, Layout):
 
     # ---- reporting ----
     def wrapper_name(self) -> str:
-        return f"PipelineStage(GPTStage) + {type(self.schedule).__name__}"
+        return f"PipelineStage({type(self.model).__name__}) + {type(self.schedule).__name__}"
 
     def extra_facts(self) -> dict[str, Any]:
         return {

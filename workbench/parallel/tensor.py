@@ -39,26 +39,24 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from workbench.models.shapes import TENSOR_PARALLEL_PLAN
+from workbench.models.family import family_of
 from workbench.parallel.checkpointing import find_blocks
 from workbench.parallel.common import DTensorLayout, loss_of
 
-# The reference GPT's block split (module path -> "colwise" | "rowwise"); its home is models/shapes.py, which
-# the planner reads too.
-TP_PLAN_NAMES = TENSOR_PARALLEL_PLAN["gelu_mlp"]
 
-
-def tp_plan(names: dict[str, str] | None = None) -> dict[str, Any]:
-    """DTensor styles for one block: ``names`` (module path -> "colwise" | "rowwise"), the GPT's by default."""
+def tp_plan(names: dict[str, str]) -> dict[str, Any]:
+    """DTensor styles for one block from its family's plan (module path -> "colwise" | "rowwise")."""
     from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel
 
-    names = TP_PLAN_NAMES if names is None else names
     return {k: ColwiseParallel() if v == "colwise" else RowwiseParallel() for k, v in names.items()}
 
 
 def plan_names_of(model: nn.Module) -> dict[str, str]:
-    """The model's block split: a Hugging Face model's own names (``HFModel.tp_plan_names``), else the GPT's."""
-    return getattr(model, "tp_plan_names", None) or TP_PLAN_NAMES
+    """The model's block split, as its family states it (validation refused a family without one)."""
+    names = family_of(model).tp_plan(model)
+    if names is None:
+        raise ValueError(f"{family_of(model).name} has no tensor-parallel plan")
+    return names
 
 
 class TensorParallelLayout(DTensorLayout):
@@ -88,8 +86,7 @@ class TensorParallelLayout(DTensorLayout):
         self.comm_group = tp_mesh.get_group()
         model = model.to(self.device)
         self.plan_names = plan_names_of(model)
-        if hasattr(model, "loss_groups"):  # a Hugging Face model: mlm's loss per pooled micro-batch (models/hf.py)
-            model.loss_groups = self.tp
+        family_of(model).pool_loss_groups(model, self.tp)  # the model computes on tp micro-batches stacked
         blocks = find_blocks(model)
         for block in blocks:
             parallelize_module(block, tp_mesh, tp_plan(self.plan_names))

@@ -35,6 +35,7 @@ import time
 from typing import TYPE_CHECKING
 
 from workbench.config import STRATEGY_SPECS
+from workbench.factory import is_hf
 from workbench.models.shapes import TransformerShape, shape_of
 from workbench.plan.activations import Activations, block_activation_bytes, outer_activation_bytes
 from workbench.plan.comm import comm_per_rank
@@ -118,7 +119,7 @@ def model_notes(cfg: RunConfig) -> list[str]:
     if is_import_string(cfg.model.arch):
         notes.append("model.arch is a custom factory: counted as the reference GPT of the same shape")
         notes.append(CUSTOM_MODEL_NOTE)
-    if isinstance(cfg.model.arch, str) and cfg.model.arch.startswith("hf:"):
+    if is_hf(cfg.model.arch):
         notes.append(HF_ACTIVATIONS_NOTE)
     return notes
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from workbench.factory import is_hf
 from workbench.models.shapes import TransformerShape
 from workbench.plan.activations import Activations, lora_activations
 from workbench.plan.precision import Precision
@@ -32,7 +33,7 @@ def finetune_counts(
         head, total = s.task_head_params, N
     tensors = n_tensors + (2 if classify else 0)
     trainable = total
-    if cfg.model.arch.startswith("hf:") and method != "none":
+    if is_hf(cfg.model.arch) and method != "none":
         return hf_peft_counts(cfg, s, N, n_tensors, approximate, notes)
 
     # The LM's head and loss (counted by outer_activation_bytes) against what replaces them.
