@@ -7,9 +7,9 @@ steps (CPU activities, plus CUDA where the run is on GPUs) with labels of our ow
 writes ``profile/rank<r>.json`` (a Chrome trace: Perfetto, chrome://tracing, TensorBoard's trace viewer) and rank
 0 writes ``profile/summary.json``, the per-rank figures of ``summarize`` below (README, "Inside a step").
 
-The labels are record_function ranges opened by wrappers installed on this run's layout and model only while
-the profiler is on, so profiling adds no code to the hot path of an unprofiled run and changes no arithmetic:
-the losses of a profiled run equal an unprofiled one's. The profiled steps stay out of tokens/s (``timed``).
+The labels are record_function ranges opened only while the profiler is on (``StepProfiler.optimizer()`` around
+the layout's step: a nullcontext otherwise), so profiling adds nothing that syncs or writes to the hot path of an
+unprofiled run and changes no arithmetic: the losses of a profiled run equal an unprofiled one's. The profiled steps stay out of tokens/s (``timed``).
 """
 
 from __future__ import annotations
@@ -291,21 +291,20 @@ class StepProfiler:
         # record_shapes: the peer rank of each send/recv is one of the recorded inputs
         self.prof = profile(activities=activities, record_shapes=True)
         self.prof.__enter__()
-        self.layout_step = self.layout.step
-        self.layout.step = self.labelled_step  # an instance attribute: the class's own step is untouched
 
-    def labelled_step(self, *args: Any, **kwargs: Any) -> Any:
+    def optimizer(self) -> Any:
+        """The context for the layout's step (clip and update): labelled while the profiler records."""
+        if self.prof is None:
+            return nullcontext()
         from torch.autograd.profiler import record_function
 
-        with record_function(LABEL + "optimizer"):
-            return self.layout_step(*args, **kwargs)
+        return record_function(LABEL + "optimizer")
 
     def finish(self) -> None:
         from workbench.device_setup import gather_objects
         from workbench.fileio import write_json_atomic
 
         self.prof.__exit__(None, None, None)
-        del self.layout.step
         os.makedirs(self.dir, exist_ok=True)
         path = os.path.join(self.dir, f"rank{self.rank}.json")
         self.prof.export_chrome_trace(path)

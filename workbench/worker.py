@@ -207,10 +207,9 @@ class Trainer:
         scaler = torch.amp.GradScaler("cpu") if self.native_fp16 else None
         fwd_ctx = torch.autocast("cpu", dtype=torch.float16) if self.native_fp16 else nullcontext()
         layout = parallel.setup(
-            cfg, self.acc, self.model, lambda m: build_optimizer(cfg, m), scaler=scaler, fwd_ctx=fwd_ctx
-        )
-        if self.distill is not None:
-            layout.compute_loss = self.distill
+            cfg, self.acc, self.model, lambda m: build_optimizer(cfg, m), scaler=scaler, fwd_ctx=fwd_ctx,
+            compute_loss=self.distill,
+        )  # fmt: skip
         ft.adalora_hook(cfg, layout.model, layout.optimizer, lambda: self.step)  # AdaLoRA's budget, each step
         self.layout = layout
         self.model, self.optimizer, self.scaler, self.fwd_ctx = (
@@ -361,7 +360,8 @@ class Trainer:
     def train_step(self, batches) -> None:
         """One optimizer step. The hot path: no host sync, no file I/O."""
         self.forward_backward(batches)
-        grad_norm = self.layout.step(self.clip)  # global norm, clip, update (skipped by fp16's scaler on overflow)
+        with self.profiler.optimizer():  # a label while profile_steps records, else nothing
+            grad_norm = self.layout.step(self.clip)  # global norm, clip, update (fp16's scaler skips an overflow)
         self.scheduler.step()
         if self.probing:
             self.comm_probe.__exit__(None, None, None)

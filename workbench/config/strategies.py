@@ -69,7 +69,7 @@ class StrategySpec:
 
     @property
     def processes_for_all_axes(self) -> int:
-        """dp_tp runs on 2 processes (a 1 x 2 or 2 x 1 grid) but is only both at 4: the panel suggests this."""
+        """The processes at which every axis it is named for is > 1 (dp_tp runs on 2, a 1 x 2 grid, but is both at 4)."""
         return self.full_processes or self.min_processes
 
 

@@ -41,12 +41,14 @@ def setup(
     *,
     scaler: Any = None,
     fwd_ctx: Any = None,
+    compute_loss: Any = None,
 ) -> Layout:
     """Apply ``cfg.parallel.strategy`` (and activation checkpointing) to a freshly built model on this rank.
 
     ``make_optimizer(module)`` builds the optimizer over a module's parameters (called after sharding, so the
     optimizer state is sharded with them). ``scaler``/``fwd_ctx``: the worker's fp16-on-CPU loss scaler and
-    autocast. Returns the Layout the worker trains with.
+    autocast. ``compute_loss(model, x, y)``: a loss replacing the model's own (distillation), for a layout that
+    takes one (Layout.takes_compute_loss). Returns the Layout the worker trains with.
     """
     strategy = cfg.parallel.strategy
     if cfg.activation_checkpointing:
@@ -63,4 +65,5 @@ def setup(
         elif cfg.precision == "fp16" and scaler is None:
             scaler = torch.amp.GradScaler(device)
             fwd_ctx = torch.autocast(device, dtype=torch.float16)
-    return spec.build(cfg, acc, model, make_optimizer, scaler=scaler, fwd_ctx=fwd_ctx or nullcontext())
+    kw = {"compute_loss": compute_loss} if compute_loss is not None else {}
+    return spec.build(cfg, acc, model, make_optimizer, scaler=scaler, fwd_ctx=fwd_ctx or nullcontext(), **kw)

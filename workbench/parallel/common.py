@@ -50,9 +50,15 @@ class Layout:
     strategy = "ddp"
     checkpoint_format = "accelerate save_state"
     comm_group: Any = None  # the group whose ranks pool their micro-batches (tensor / pipeline parallel)
-    compute_loss: Any = None  # (model, x, y) -> loss, replacing the model's own (distillation; ddp only)
+    takes_compute_loss = False  # whether its micro-step honours compute_loss (distillation: ddp)
 
-    def __init__(self, cfg: Any, acc: Any, *, scaler: Any = None, fwd_ctx: Any = None) -> None:
+    def __init__(
+        self, cfg: Any, acc: Any, *, scaler: Any = None, fwd_ctx: Any = None, compute_loss: Any = None
+    ) -> None:
+        """compute_loss(model, x, y) -> loss replaces the model's own; a layout that cannot take one refuses it."""
+        if compute_loss is not None and not self.takes_compute_loss:
+            raise ValueError(f"parallel.strategy {cfg.parallel.strategy}: this layout computes the model's own loss")
+        self.compute_loss = compute_loss
         self.cfg, self.acc = cfg, acc
         self.device = acc.device
         self.scaler = scaler

@@ -19,6 +19,7 @@ from workbench.parallel.common import Layout, loss_of
 class DDPLayout(Layout):
     strategy = "ddp"
     checkpoint_format = "accelerate save_state (model, optimizer, RNGs)"
+    takes_compute_loss = True
 
     def __init__(self, cfg: Any, acc: Any, model: torch.nn.Module, make_optimizer: Any, **kw: Any) -> None:
         super().__init__(cfg, acc, **kw)
@@ -45,9 +46,6 @@ class DDPLayout(Layout):
         else:
             self.optimizer.step()
         return norm.detach().float()
-
-    def wrapper_name(self) -> str:
-        return type(self.model).__name__
 
     def named_parameters(self):
         return self.acc.unwrap_model(self.model).named_parameters()

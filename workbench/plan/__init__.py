@@ -31,7 +31,6 @@ the table). The model's shapes come from ``workbench.models.shapes``.
 from __future__ import annotations
 
 import os
-import time
 from typing import TYPE_CHECKING
 
 from workbench.config import STRATEGY_SPECS
@@ -99,7 +98,6 @@ __all__ = [
     "plan",
     "precision_of",
     "shape_of",
-    "timed_plan",
 ]
 
 CUSTOM_MODEL_NOTE = "custom model: every figure is approximate"
@@ -252,10 +250,3 @@ def plan(
         config_summary=summary,
         shared_memory=is_cpu,
     )
-
-
-def timed_plan(cfg: RunConfig, device: str | None = None) -> tuple[Plan, float]:
-    """plan() and the seconds it took (the config panel shows it)."""
-    t0 = time.perf_counter()
-    p = plan(cfg, device)
-    return p, time.perf_counter() - t0
