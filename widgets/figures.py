@@ -12,7 +12,6 @@ import plotly.graph_objects as go
 
 # scalar keys of a metric event that the dashboard draws (metrics.jsonl contract, workbench/telemetry.py)
 SCALARS = ("loss", "lr", "grad_norm", "tokens_per_s", "mfu")
-SMOOTHED = ("loss", "tokens_per_s", "mfu", "grad_norm")  # noisy series: raw faint + smoothed on top
 COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f")
 STATE_COLORS = {"running": "#1f77b4", "finished": "#2ca02c", "stopped": "#ff7f0e", "failed": "#d62728"}
 
