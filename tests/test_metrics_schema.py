@@ -50,6 +50,27 @@ def test_summary_has_every_compare_column(workdir, quickstart):
     assert set(ms.COMPARE_COLUMNS) <= set(summary), set(ms.COMPARE_COLUMNS) - set(summary)
 
 
+def test_dashboard_and_compare_read_the_schema():
+    """Every metric of a series figure has its traces there, found by name; memory and comm draw the per-rank keys;
+    Compare's table has the schema's columns."""
+    from widgets import Dashboard
+    from widgets.compare import METRIC_COLUMNS
+    from widgets.dashboard import SERIES_FIGURES
+    from widgets.figures import SCALARS, smoothed_name, trace
+
+    db = Dashboard()
+    assert set(ms.figures()) == {*SERIES_FIGURES, "memory", "comm"}
+    assert {m.figure for m in ms.METRICS if m.per_rank and m.figure} == {"memory", "comm"}
+    for name in SERIES_FIGURES:
+        fig = db.series_figure(name)
+        want = [n for m in ms.figure_metrics(name) for n in ((m.key, smoothed_name(m.key)) if m.smoothed else (m.key,))]
+        assert [t.name for t in fig.data] == want, name
+        assert all(trace(fig, n).name == n for n in want)
+    assert all(ms.BY_KEY[k].figure in SERIES_FIGURES for k in SCALARS)  # RunStore's columns: series drawn
+    assert METRIC_COLUMNS == ("status", *ms.COMPARE_COLUMNS)
+    db.close()
+
+
 def test_unknown_keys():
     assert ms.unknown_keys([{"step": 1, "loss": 2.0}, {"step": 2, "eval_loss": 1.0}]) == []
     assert ms.unknown_keys([{"step": 1, "los": 2.0}, {"acc": 1, "los": 3}]) == ["los", "acc"]

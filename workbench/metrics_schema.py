@@ -5,6 +5,7 @@ notebook cell): its unit, when it is written, what it means, and where it goes:
 
 - ``figure``: the dashboard figure that draws it (``Dashboard.<figure>_fig``), None when none does;
 - ``smoothed``: a noisy series, drawn raw (faint) with a debiased EMA on top;
+- ``constant``: the same in every event of a run, drawn as a level line (the entropy floor);
 - ``tensorboard``: logged as a TensorBoard scalar (per-rank lists as ``key/rank<i>``; see
   ``telemetry.tensorboard_scalars``). Not the wall clock ``time``: TensorBoard stores float32, which would
   round ~1.7e9 s by up to 128 s (2^-24 relative); ``elapsed_s`` is exact to well under a millisecond for days;
@@ -37,6 +38,7 @@ class Metric:
     meaning: str
     figure: str | None = None
     smoothed: bool = False
+    constant: bool = False
     tensorboard: bool = True
     compare: str | None = None
     hparams: bool = False
@@ -66,7 +68,7 @@ METRICS: tuple[Metric, ...] = (
     Metric("elapsed_s", "s", EVERY, "seconds since this job started"),
     Metric("loss_scale", "", EVERY, "fp16's loss scale (precision fp16)"),
     Metric("entropy_floor", "nats/token", EVERY, "the lowest loss any model can reach on the synthetic data",
-           figure="loss"),
+           figure="loss", constant=True),
     Metric("comm_bytes", "bytes", EVERY, "payload handed to collectives and send/recv in one optimizer step "
            "(measured once, then repeated)", figure="comm", per_rank=True),
     Metric("comm_bytes_by_op", "bytes", EVERY, "comm_bytes of rank 0 by operation", tensorboard=False),
@@ -97,6 +99,12 @@ HPARAM_METRICS: tuple[str, ...] = tuple(m.key for m in METRICS if m.hparams)
 COMPARE_COLUMNS: tuple[str, ...] = tuple(m.compare for m in METRICS if m.compare)
 
 
+def series_keys() -> tuple[str, ...]:
+    """The keys the dashboard draws as one value per event against the steps (not per rank, not a level, not
+    only at eval steps)."""
+    return tuple(m.key for m in METRICS if m.figure and m.when == EVERY and not (m.per_rank or m.constant))
+
+
 def figure_metrics(figure: str) -> tuple[Metric, ...]:
     """The metrics a dashboard figure draws, in the table's order (the order of their traces)."""
     return tuple(m for m in METRICS if m.figure == figure)
@@ -125,7 +133,7 @@ def markdown_table() -> str:
     ]
     for m in METRICS:
         unit = m.unit + (", per rank" if m.per_rank else "")
-        fig = (m.figure or "") + (" (smoothed)" if m.smoothed else "")
+        fig = (m.figure or "") + (" (smoothed)" if m.smoothed else "") + (" (level)" if m.constant else "")
         cols = [f"`{m.key}`", unit, m.when, m.meaning, fig, yes(m.tensorboard),
                 f"`{m.compare}`" if m.compare else "", yes(m.hparams)]  # fmt: skip
         lines.append("| " + " | ".join(cols) + " |")
