@@ -4,7 +4,7 @@
 
 A tiny BERT (2 layers, d_model 64, BPE 512) pretrains with masked-language modelling on the Python standard
 library's sources, then fine-tunes on which package (logging / http / unittest) a line of code comes from,
-once per peft.method, on 2 CPU processes (DDP), the same steps and data each (workbench/finetune/peft_table.py).
+once per peft.method, on 2 CPU processes (DDP), the same steps and data each (benchmarks/peft_table.py).
 Prints README's markdown table and writes the rows to benchmarks/results/peft_methods.json.
 """
 
@@ -19,7 +19,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from workbench.finetune.peft_table import markdown, peft_methods_table  # noqa: E402
+from benchmarks.peft_table import markdown, peft_methods_table  # noqa: E402
 
 
 def main() -> None:

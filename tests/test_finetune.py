@@ -33,6 +33,7 @@ from workbench import compress
 from workbench import finetune as ft
 from workbench.compress import prunable_linears
 from workbench.config import ConfigError, DeviceInfo
+from workbench.metrics_schema import unknown_keys
 from workbench.models import build_model
 
 pytestmark = pytest.mark.slow
@@ -226,6 +227,7 @@ def test_full_finetune_from_checkpoint_above_chance(full):
     assert last["test_f1"] >= ACCURACY_FLOOR - 0.05, last
     assert last["test_accuracy"] <= first["bayes_accuracy"] + 0.03  # nobody beats the generator
     assert "entropy_floor" not in last  # the LM's floor means nothing for a classifier's loss
+    assert unknown_keys(events) == []  # eval_accuracy, test_*, chance and Bayes: in workbench/metrics_schema.py
 
 
 def test_lora_trains_only_adapters_and_matches_full(lora, full, pretrained):

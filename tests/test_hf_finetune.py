@@ -134,8 +134,8 @@ def test_int8_quantizes_gpt2_conv1d_blocks():
 
 @pytest.fixture(scope="module")
 def pretrained(tmp_path_factory):
+    from benchmarks.peft_table import package_lines
     from workbench.data.files import stdlib_corpus
-    from workbench.finetune.peft_table import package_lines
 
     folder = tmp_path_factory.mktemp("hfpeft")
     corpus = stdlib_corpus(str(folder / "corpus.txt"), ("json",))

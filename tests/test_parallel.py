@@ -16,6 +16,7 @@ import pytest
 
 import workbench as wb
 from workbench.config import DeviceInfo
+from workbench.metrics_schema import unknown_keys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 20
@@ -182,6 +183,7 @@ def test_pipeline_stages_and_bubble(runner, layout):
     assert m["bubble_fraction"] == pytest.approx(1 / 5)  # (p - 1) / (m + p - 1), p = 2, m = 4
     assert len(m["idle_fraction"]) == 2 and all(0.0 <= f < 1.0 for f in m["idle_fraction"])
     assert m["comm_bytes_by_op"]["send"] > 0 and m["comm_bytes_by_op"]["recv"] > 0
+    assert unknown_keys(run.metrics()) == []  # bubble_fraction, idle_*: in workbench/metrics_schema.py
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ import time
 import pytest
 
 import workbench as wb
+from workbench.metrics_schema import unknown_keys
 
 pytestmark = pytest.mark.slow
 
@@ -55,6 +56,7 @@ def test_ddp_two_processes_end_to_end(workdir, small):
     ]:
         assert key in last, key
     assert len(last["mem_bytes"]) == 2 and all(b > 0 for b in last["mem_bytes"])
+    assert unknown_keys(run.metrics()) == []  # every key written is in workbench/metrics_schema.py
     assert last["tokens"] == 30 * small.tokens_per_step and 0 < last["mfu"] <= 1  # never above 100%
     assert run.checkpoints() and run.checkpoints()[-1].endswith("step_30")
 
@@ -119,6 +121,7 @@ def test_mixed_precision_on_cpu_is_real(workdir, small, precision, dtype):
     assert run.info["effective"]["compute_dtype"] == dtype
     if precision == "fp16":
         assert run.metrics()[-1]["loss_scale"] > 0
+    assert unknown_keys(run.metrics()) == []
 
 
 def test_stop_saves_a_checkpoint(workdir, small):
@@ -236,6 +239,7 @@ def test_notebook_launch_from_a_script(workdir):
     ms = run.metrics()
     assert [m["step"] for m in ms] == list(range(1, 13))
     assert all(m["world"] == 2.0 and len(m["mem_bytes"]) == 2 for m in ms)
+    assert unknown_keys(ms) == ["world"]  # the loop's own key; what Reporter adds is in the metric schema
     assert ms[-1]["loss"] < ms[0]["loss"]
 
 

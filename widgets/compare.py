@@ -29,10 +29,12 @@ from widgets.downsample import MAX_POINTS, lttb, minmax
 from widgets.figures import COLORS, FIGURE_WIDTH
 from widgets.smoothing import ema
 from widgets.timeline import breakdown_figure, timeline_figure
+from workbench.metrics_schema import COMPARE_COLUMNS
 from workbench.profiling import load_profile
 from workbench.runs import Run, list_runs
 
-METRIC_COLUMNS = ("status", "steps", "final_loss", "best_eval_loss", "tokens_per_s", "mfu", "peak_mem_bytes")
+# the run's state, then Run.summary()'s columns of the metrics (workbench/metrics_schema.py, column "compare")
+METRIC_COLUMNS = ("status", *COMPARE_COLUMNS)
 SKIP_KEYS = ("name",)  # differs between every pair of runs by construction
 
 

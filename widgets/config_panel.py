@@ -7,7 +7,7 @@
 
 Every label is the config key itself (``optimizer.lr``, ``parallel.num_processes``): the names in the YAML
 file, in ``cfg.override({...})``, in ``workbench train --set`` and here are the same. The controls are built
-from the RunConfig dataclasses (widgets/controls.py), so a key added to workbench/config.py appears here
+from the RunConfig dataclasses (widgets/controls.py), so a key added to workbench/config/schema.py appears here
 without a change.
 
 On every change the panel rebuilds the RunConfig, validates it (``cfg.validate()`` + the run-folder checks of

@@ -28,6 +28,7 @@ import math
 import os
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import ipywidgets as W
@@ -35,13 +36,30 @@ import numpy as np
 import plotly.graph_objects as go
 
 from widgets.downsample import MAX_POINTS, lttb, minmax
-from widgets.figures import COLORS, FIGURE_WIDTH, STATE_COLORS, RunStore, as_float, figure, line
+from widgets.figures import (
+    COLORS,
+    FIGURE_WIDTH,
+    STATE_COLORS,
+    RunStore,
+    as_float,
+    figure,
+    line,
+    metric_traces,
+    smoothed_name,
+    trace,
+)
 from widgets.fmt import fmt_bytes, fmt_duration
 from widgets.smoothing import EMA
 from widgets.tensorboard import TensorBoardButton
 from widgets.timeline import breakdown_figure, timeline_figure
+from workbench.metrics_schema import EVAL, Metric, figure_metrics
 from workbench.profiling import load_profile
 from workbench.runs import TERMINAL, Run
+
+# the figures whose traces are the metrics workbench/metrics_schema.py puts in them (Dashboard.<name>_fig), and
+# those of them the "log y" box applies to; memory and comm draw one trace or bar per rank instead
+SERIES_FIGURES = ("loss", "throughput", "lr", "grad_norm")
+LOG_Y_FIGURES = ("loss", "grad_norm")
 
 
 class Dashboard(W.VBox):
@@ -102,25 +120,16 @@ class Dashboard(W.VBox):
     def _build_figures(self) -> W.Widget:
         """The figures (attributes, so vars(dashboard) finds them), in a grid two wide."""
         self.loss_fig = figure("loss", "loss (nats/token)")
-        self.loss_fig.add_trace(line("loss", COLORS[0], raw=True))
-        self.loss_fig.add_trace(line("loss (smoothed)", COLORS[0]))
-        self.loss_fig.add_trace(
-            go.Scatter(x=[], y=[], name="eval_loss", mode="lines+markers", line={"color": COLORS[1], "width": 2})
-        )
-        self.loss_fig.add_trace(line("entropy_floor", "#555555", dash="dash"))
         self.throughput_fig = figure("tokens_per_s and mfu", "tokens/s", secondary="MFU (%)")
-        self.throughput_fig.add_trace(line("tokens_per_s", COLORS[2], raw=True))
-        self.throughput_fig.add_trace(line("tokens_per_s (smoothed)", COLORS[2]))
-        self.throughput_fig.add_trace(line("mfu", COLORS[4], raw=True, yaxis="y2"))
-        self.throughput_fig.add_trace(line("mfu (smoothed)", COLORS[4], yaxis="y2"))
         self.memory_fig = figure("mem_bytes per rank", "bytes")
         self.memory_fig.layout.yaxis.ticksuffix = "B"
         self.memory_fig.layout.yaxis.exponentformat = "SI"  # "100MB"; plotly would write billions as "1BB"
         self.lr_fig = figure("lr", "learning rate")
-        self.lr_fig.add_trace(line("lr", COLORS[5]))
         self.grad_norm_fig = figure("grad_norm", "global grad norm")
-        self.grad_norm_fig.add_trace(line("grad_norm", COLORS[3], raw=True))
-        self.grad_norm_fig.add_trace(line("grad_norm (smoothed)", COLORS[3]))
+        for name in SERIES_FIGURES:  # each metric's traces, in the schema's order
+            fig = self.series_figure(name)
+            for m in figure_metrics(name):
+                fig.add_traces(metric_traces(m))
         self.comm_fig = figure("comm_bytes per rank (per optimizer step)", "bytes", x_title="rank")
         self.comm_fig.layout.yaxis.ticksuffix = "B"
         self.comm_fig.layout.yaxis.exponentformat = "SI"  # "100MB"; plotly would write billions as "1BB"
@@ -238,6 +247,10 @@ class Dashboard(W.VBox):
             self.stop_button.button_style = ""
             self.stop_button.description = "Stopping..."
 
+    def series_figure(self, name: str) -> go.FigureWidget:
+        """The figure that draws the metrics whose schema figure is ``name`` (``loss`` -> ``loss_fig``)."""
+        return getattr(self, f"{name}_fig")
+
     def close(self) -> None:
         self._stop_following()
         super().close()
@@ -262,53 +275,29 @@ class Dashboard(W.VBox):
             x = np.asarray(s.step if xk == "step" else s.tokens, dtype=float)
             points = 0
 
-            def put(trace: Any, xs: np.ndarray, ys: np.ndarray, how: str = "lttb") -> None:
+            def put(tr: Any, xs: np.ndarray, ys: np.ndarray, how: str = "lttb") -> None:
                 nonlocal points
                 ok = np.isfinite(xs) & np.isfinite(ys)
                 xs, ys = xs[ok], ys[ok]
                 xs, ys = (lttb if how == "lttb" else minmax)(xs, ys, MAX_POINTS)
-                trace.x, trace.y = xs.tolist(), ys.tolist()
+                tr.x, tr.y = xs.tolist(), ys.tolist()
                 points += len(xs)
 
-            def col(k: str) -> np.ndarray:
-                return np.asarray(s.cols[k], dtype=float)
-
             log_type = "log" if self.log_y.value else "linear"
-            with self.loss_fig.batch_update():
-                d = self.loss_fig.data
-                put(d[0], x, col("loss"), "minmax")
-                put(d[1], x, self._smoothed("loss"))
-                ex = np.asarray(s.eval_step if xk == "step" else s.eval_tokens, dtype=float)
-                put(d[2], ex, np.asarray(s.eval_loss, dtype=float))
-                if s.entropy_floor is not None and len(x) and np.isfinite(x).any():
-                    lo, hi = float(np.nanmin(x)), float(np.nanmax(x))
-                    put(d[3], np.array([lo, hi]), np.array([s.entropy_floor] * 2))
-                else:
-                    put(d[3], np.array([]), np.array([]))
-                self.loss_fig.layout.xaxis.title.text = xk
-                self.loss_fig.layout.yaxis.type = log_type
-            with self.throughput_fig.batch_update():
-                d = self.throughput_fig.data
-                put(d[0], x, col("tokens_per_s"), "minmax")
-                put(d[1], x, self._smoothed("tokens_per_s"))
-                put(d[2], x, 100 * col("mfu"), "minmax")
-                put(d[3], x, 100 * self._smoothed("mfu"))
-                self.throughput_fig.layout.xaxis.title.text = xk
+            for name in SERIES_FIGURES:
+                fig = self.series_figure(name)
+                with fig.batch_update():
+                    for m in figure_metrics(name):
+                        self._draw_metric(fig, m, x, put)
+                    fig.layout.xaxis.title.text = xk
+                    if name in LOG_Y_FIGURES:
+                        fig.layout.yaxis.type = log_type
             self._ensure_rank_traces(self.memory_fig, s.ranks)
             with self.memory_fig.batch_update():
-                for r, trace in enumerate(self.memory_fig.data):
+                for r, tr in enumerate(self.memory_fig.data):
                     ys = np.array([m[r] if r < len(m) else np.nan for m in s.mem], dtype=float)
-                    put(trace, x, ys, "minmax")
+                    put(tr, x, ys, "minmax")
                 self.memory_fig.layout.xaxis.title.text = xk
-            with self.lr_fig.batch_update():
-                put(self.lr_fig.data[0], x, col("lr"))
-                self.lr_fig.layout.xaxis.title.text = xk
-            with self.grad_norm_fig.batch_update():
-                d = self.grad_norm_fig.data
-                put(d[0], x, col("grad_norm"), "minmax")
-                put(d[1], x, self._smoothed("grad_norm"))
-                self.grad_norm_fig.layout.xaxis.title.text = xk
-                self.grad_norm_fig.layout.yaxis.type = log_type
             if s.has_comm:
                 self._draw_comm()
                 points += len(s.comm_last)
@@ -319,6 +308,30 @@ class Dashboard(W.VBox):
             self.points_sent += points
             self.last_points = points
             self._dirty = False
+
+    def _draw_metric(self, fig: go.FigureWidget, m: Metric, x: np.ndarray, put: Callable[..., None]) -> None:
+        """A metric's traces, found by name: raw (min/max buckets) and smoothed, or one line; eval points at the
+        eval steps; a level across the steps drawn. Fractions (mfu) are drawn in %."""
+        s = self._store
+        scale = 100.0 if m.unit == "fraction" else None
+        if m.constant:  # the entropy floor: a level line across the steps drawn
+            level = {"entropy_floor": s.entropy_floor}[m.key]  # what RunStore keeps of each level
+            if level is not None and len(x) and np.isfinite(x).any():
+                lo, hi = float(np.nanmin(x)), float(np.nanmax(x))
+                put(trace(fig, m.key), np.array([lo, hi]), np.array([level] * 2))
+            else:
+                put(trace(fig, m.key), np.array([]), np.array([]))
+        elif m.when == EVAL:  # eval_loss: at the eval steps only
+            ex = np.asarray(s.eval_step if self.x_axis.value == "step" else s.eval_tokens, dtype=float)
+            put(trace(fig, m.key), ex, np.asarray({"eval_loss": s.eval_loss}[m.key], dtype=float))
+        else:
+            ys = np.asarray(s.cols[m.key], dtype=float)
+            if m.smoothed:
+                put(trace(fig, m.key), x, ys if scale is None else scale * ys, "minmax")
+                sm = self._smoothed(m.key)
+                put(trace(fig, smoothed_name(m.key)), x, sm if scale is None else scale * sm)
+            else:
+                put(trace(fig, m.key), x, ys if scale is None else scale * ys)
 
     def _draw_comm(self) -> None:
         """One bar per rank: the last step's payload; the hover and the title say whether it ever moved."""

@@ -1,7 +1,9 @@
 """The dashboard's pieces that hold no widget logic: a run's events column by column, and the figure style.
 
 ``RunStore`` keeps every event at full resolution (the figures get downsampled copies); ``figure`` / ``line``
-give every dashboard figure the same size, margins and title/legend rows.
+give every dashboard figure the same size, margins and title/legend rows; ``metric_traces`` makes a metric's
+traces as workbench/metrics_schema.py describes it (raw and smoothed, a level, eval points), named by its key,
+and ``trace`` finds one by that name.
 """
 
 from __future__ import annotations
@@ -10,9 +12,10 @@ from typing import Any
 
 import plotly.graph_objects as go
 
-# scalar keys of a metric event that the dashboard draws (metrics.jsonl contract, workbench/telemetry.py)
-SCALARS = ("loss", "lr", "grad_norm", "tokens_per_s", "mfu")
-SMOOTHED = ("loss", "tokens_per_s", "mfu", "grad_norm")  # noisy series: raw faint + smoothed on top
+from workbench.metrics_schema import EVAL, Metric, series_keys
+
+# scalar keys of a metric event that the dashboard draws against the steps (workbench/metrics_schema.py)
+SCALARS = series_keys()
 COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f")
 STATE_COLORS = {"running": "#1f77b4", "finished": "#2ca02c", "stopped": "#ff7f0e", "failed": "#d62728"}
 
@@ -78,6 +81,41 @@ def line(name: str, color: str, raw: bool = False, yaxis: str = "y", dash: str |
         x=[], y=[], name=name, mode="lines", line=line, opacity=0.25 if raw else 1.0, yaxis=yaxis,
         showlegend=not raw, hoverinfo="x+y+name", **kw,
     )  # fmt: skip
+
+
+# how each metric the dashboard draws looks (which figure, smoothed or not: workbench/metrics_schema.py)
+STYLE: dict[str, dict[str, Any]] = {
+    "loss": {"color": COLORS[0]},
+    "eval_loss": {"color": COLORS[1]},
+    "entropy_floor": {"color": "#555555", "dash": "dash"},
+    "lr": {"color": COLORS[5]},
+    "grad_norm": {"color": COLORS[3]},
+    "tokens_per_s": {"color": COLORS[2]},
+    "mfu": {"color": COLORS[4], "yaxis": "y2"},
+}
+
+
+def smoothed_name(key: str) -> str:
+    return f"{key} (smoothed)"
+
+
+def metric_traces(m: Metric) -> list[go.Scatter]:
+    """A metric's traces, named by its key: raw (faint) and smoothed for a noisy series, points joined by lines
+    for one written at eval steps, else one line."""
+    style = STYLE[m.key]
+    if m.when == EVAL:
+        return [go.Scatter(x=[], y=[], name=m.key, mode="lines+markers", line={"color": style["color"], "width": 2})]
+    if m.smoothed:
+        return [line(m.key, raw=True, **style), line(smoothed_name(m.key), **style)]
+    return [line(m.key, **style)]
+
+
+def trace(fig: go.FigureWidget, name: str) -> Any:
+    """The figure's trace of this name (traces are found by name, never by position)."""
+    for t in fig.data:
+        if t.name == name:
+            return t
+    raise KeyError(f"{fig.layout.title.text!r} has no trace named {name!r}")
 
 
 class RunStore:

@@ -36,17 +36,14 @@ EVAL_SEQUENCES_LM = 256  # held-out sequences for an LM's loss: enough for ~0.01
 # measuring a model
 
 
-def cpu_latency_ms(fn: Callable[[], Any], min_time_s: float = 0.3, min_repeats: int = 10) -> float:
-    """Wall time of fn() in milliseconds: the best of many calls, after warm-up (first calls allocate and
-    pick kernels). The best, as timeit advises: slower calls did the same work plus interference."""
-    return cpu_latencies_ms({"fn": fn}, min_time_s, min_repeats)["fn"]
-
-
 def cpu_latencies_ms(
     fns: dict[str, Callable[[], Any]], min_time_s: float = 0.3, min_repeats: int = 10
 ) -> dict[str, float]:
     """Best wall time (ms) of each function, timed in turns: one call of each per round, so a burst of
-    load from other processes on a shared CPU hits every contender alike instead of whichever ran then."""
+    load from other processes on a shared CPU hits every contender alike instead of whichever ran then.
+
+    After warm-up (first calls allocate and pick kernels); the best, as timeit advises: slower calls did the
+    same work plus interference."""
     for fn in fns.values():
         for _ in range(3):
             fn()

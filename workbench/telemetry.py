@@ -1,8 +1,8 @@
 """Metric events: metrics.jsonl (the contract other tools read) and TensorBoard, plus MFU and memory.
 
-Keys of a metric event (add freely, never rename): step, tokens, loss, eval_loss, lr, grad_norm,
-tokens_per_s, samples_per_s, step_time_s, mfu, mem_bytes (one entry per rank), time (wall clock, seconds since
-the epoch), elapsed_s (seconds since this job started).
+The keys of a metric event (add freely, never rename) are one table, ``workbench/metrics_schema.py``: each
+key's unit, when it is written, and whether it goes to the dashboard, TensorBoard, Compare and HParams. README's
+table of metric keys is that table; ``NOT_SCALARS`` (kept out of TensorBoard) and ``HPARAM_METRICS`` come from it.
 
 TensorBoard stores scalars as float32: ``time`` (~1.7e9 s) would be off by up to 128 s there (2^-24 relative),
 so it stays in metrics.jsonl only; elapsed_s is exact to well under a millisecond for days.
@@ -18,6 +18,7 @@ import time
 from typing import Any
 
 from workbench.fileio import read_jsonl
+from workbench.metrics_schema import HPARAM_METRICS, NOT_SCALARS
 
 
 def peak_memory_bytes(device_type: str) -> int:
@@ -68,10 +69,6 @@ def drop_events_after(path: str, step: int) -> None:
         keep = [ln for ln in f if ln.strip() and json.loads(ln).get("step", 0) <= step]
     with open(path, "w") as f:
         f.writelines(keep)
-
-
-# event keys that are not TensorBoard scalars: the wall clock does not survive float32 (see the module doc)
-NOT_SCALARS = ("step", "time")
 
 
 def mfu(flops_per_token: float, tokens_per_s: float, peak_flops_per_device: float | None, world: int) -> float | None:
@@ -153,8 +150,7 @@ class Reporter:
 # ---------------------------------------------------------------------------------------------------------
 # HParams: the config beside the run's metrics in TensorBoard's HParams dashboard
 
-# the scalar tags the worker logs that HParams links to each run's hyper-parameters
-HPARAM_METRICS = ("loss", "eval_loss", "tokens_per_s", "mfu")
+# (HPARAM_METRICS, from workbench/metrics_schema.py: the scalar tags HParams links to each run's hyper-parameters)
 
 
 def value_str(v: Any) -> str:

@@ -86,7 +86,7 @@ def build_accelerator(cfg, run_dir: str, mixed_precision: str, on_cpu: bool) -> 
 
 
 def comm_event(acc: Any, probe: Any, step: int = 1) -> dict[str, Any]:
-    """comm_bytes (one entry per rank), comm_bytes_by_op (rank 0), as names.md fixes them."""
+    """comm_bytes (one entry per rank), comm_bytes_by_op (rank 0), as workbench/metrics_schema.py fixes them."""
     mine = torch.tensor([float(probe.total)], dtype=torch.float64, device=acc.device)
     per_rank = acc.gather(mine)
     return {

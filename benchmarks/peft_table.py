@@ -99,7 +99,7 @@ def peft_methods_table(
     """Pretrain the tiny BERT once, fine-tune it with each peft.method; one row per method (see the module).
 
     lr: optimizer.lr per method (default: 1e-3 for full fine-tuning, 1e-2 for the others, whose few
-    parameters take larger steps). A notebook calls it with fewer steps and lines (about a minute)."""
+    parameters take larger steps)."""
     os.makedirs(work_dir, exist_ok=True)
     rates = {"none": 1e-3, **{m: 1e-2 for m in PEFT_TABLE_METHODS if m != "none"}, **(lr or {})}
     pre = finished(encoder_config(work_dir, pretrain_steps, num_processes))
