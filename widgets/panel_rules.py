@@ -16,7 +16,7 @@ import workbench.config as C
 from widgets.controls import ChoiceButtons, get_key
 from widgets.problems_view import note_html
 from workbench.config import DeviceInfo, RunConfig, is_import_string
-from workbench.config.hf import FILE_KINDS, HF_REFUSED_STRATEGIES
+from workbench.config.hf import FILE_KINDS, hf_refusal
 from workbench.factory import is_hf
 from workbench.models.hf_config import hf_source, hf_task_kinds, model_type_of
 
@@ -88,8 +88,8 @@ def unavailable_options(cfg: RunConfig, devices: DeviceInfo, rules: Rules) -> di
             strategy[s] = f"needs >= {need} processes; this machine runs at most {most}"
         elif isinstance(n, int) and need > n:
             strategy[s] = f"needs parallel.num_processes >= {need}"
-        if is_hf(cfg.model.arch) and s in HF_REFUSED_STRATEGIES:
-            strategy[s] = f"not with a Hugging Face model: {HF_REFUSED_STRATEGIES[s]}"
+        if is_hf(cfg.model.arch) and hf_refusal(s):
+            strategy[s] = f"not with a Hugging Face model: {hf_refusal(s)}"
     device = {} if dev.kind == "cuda" else {"cuda": "no CUDA GPU is visible on this machine"}
     return {"precision": precision, "device": device, "parallel.strategy": strategy, "task.kind": task_kinds(cfg)}
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 
 from workbench.config.schema import Problem, RunConfig, is_int
+from workbench.config.strategies import STRATEGY_SPECS
+from workbench.models.family import HF_FAMILY
 from workbench.models.hf_config import (
     HF_TP_REFUSED,
     HF_TYPES,
@@ -20,12 +22,14 @@ from workbench.models.hf_config import (
 )
 from workbench.models.hf_peft import hf_peft_refusal, hf_target_vocabulary
 
-# Layouts a Hugging Face model does not take in this version, and why (tp and dp_tp: per model type, below).
-HF_REFUSED_STRATEGIES = {
-    "pp": "a transformers model is one forward() with no stage boundaries the pipeline can cut honestly; use "
-    "zero3 to split the model's memory",
-}
 FILE_KINDS = (".txt", ".json", ".jsonl", ".csv", ".parquet")
+
+
+def hf_refusal(strategy: str) -> str | None:
+    """Why a Hugging Face model cannot take a layout: it needs what the family never offers (tp: per type)."""
+    spec = STRATEGY_SPECS.get(strategy)
+    needs = spec.needs if spec is not None else ()
+    return next((HF_FAMILY.refuses[n] for n in needs if n in HF_FAMILY.refuses), None)
 
 
 def validate_hf_model(cfg: RunConfig, P: list[Problem]) -> None:
@@ -55,10 +59,11 @@ def validate_hf_model(cfg: RunConfig, P: list[Problem]) -> None:
     kinds = hf_task_kinds(model_type)
     if cfg.task.kind not in kinds:
         P.append(Problem("task.kind", f"{model_type} trains {' or '.join(kinds)}, not {cfg.task.kind!r}"))
-    reason = HF_REFUSED_STRATEGIES.get(cfg.parallel.strategy)
+    reason = hf_refusal(cfg.parallel.strategy)
     if reason:
         P.append(Problem("parallel.strategy", f"{cfg.parallel.strategy} with model.arch {m.arch}: {reason}"))
-    if cfg.parallel.strategy in ("tp", "dp_tp") and model_type in HF_TYPES:
+    spec = STRATEGY_SPECS.get(cfg.parallel.strategy)
+    if spec is not None and "tp_plan" in spec.needs and model_type in HF_TYPES:
         validate_hf_tp(cfg, model_type, P)
     if model_type in HF_TYPES:
         validate_hf_peft(cfg, model_type, P)

@@ -12,6 +12,7 @@ A family answers, for a built model:
     is_task_head(model, key)     whether a state-dict key belongs to a task head that starts fresh
     task_head_modules        the modules of the task head that train in full under LoRA / frozen probing
     lora_targets             peft.target groups -> Linear names (torch-free: validation and the plan read them)
+    refuses                  what a layout may need that the family never offers, and why (torch-free: validation)
 
 A model declares its family with a ``family`` attribute (the GPT and HFModel do); your own ``nn.Module`` may set one
 too, and otherwise gets ``ModelFamily``: its longest ModuleList as blocks, nothing more. What the config can see
@@ -32,6 +33,7 @@ class ModelFamily:
     """A model the workbench knows nothing of (your own nn.Module): blocks found by looking, nothing split."""
 
     name = "your own model"
+    refuses: dict[str, str] = {}  # what a layout may need ("stages", "tp_plan") that it never offers -> why
     lora_targets: dict[str, tuple[str, ...]] = {}
     task_head_modules: tuple[str, ...] = ()
 
@@ -101,6 +103,10 @@ class HFFamily(ModelFamily):
     transformers' own activation checkpointing; no pipeline stages (config/hf.py refuses pp)."""
 
     name = "a Hugging Face model"
+    refuses = {
+        "stages": "a transformers model is one forward() with no stage boundaries the pipeline can cut honestly; use "
+        "zero3 to split the model's memory",
+    }  # tp_plan: per model type (models/hf_config.py: HF_TP_REFUSED)
 
     def tp_plan(self, model: Any) -> dict[str, str] | None:
         return model.tp_plan_names
