@@ -55,6 +55,23 @@ class CausalSelfAttention(nn.Module):
         y = y.transpose(1, 2).reshape(B, T, -1)
         return self.resid_dropout(self.o(y))
 
+    def decode(self, x: torch.Tensor, cache: list[torch.Tensor]) -> torch.Tensor:
+        """Inference with a KV cache: x (B, T, d) are the next T positions after the ``cache[0].shape[2]`` already
+        seen; cache holds [keys, values] (B, H, L, head_dim), or is empty, and grows by these T in place. The
+        same arithmetic as forward on the whole sequence (training never calls this)."""
+        B, T, _ = x.shape
+        q = self.q(x).view(B, T, -1, self.head_dim).transpose(1, 2)
+        k = self.k(x).view(B, T, -1, self.head_dim).transpose(1, 2)
+        v = self.v(x).view(B, T, -1, self.head_dim).transpose(1, 2)
+        if cache:
+            k, v = torch.cat([cache[0], k], dim=2), torch.cat([cache[1], v], dim=2)
+        cache[:] = [k, v]
+        past = k.shape[2] - T
+        # query i (at position past + i) sees keys 0 .. past + i; with nothing cached that is is_causal's mask
+        mask = None if T == 1 else torch.ones(T, past + T, dtype=torch.bool, device=x.device).tril(diagonal=past)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        return self.o(y.transpose(1, 2).reshape(B, T, -1))
+
 
 class MLP(nn.Module):
     def __init__(self, cfg: GPTConfig):
@@ -77,6 +94,10 @@ class Block(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.attn(self.ln1(x))
+        return x + self.mlp(self.ln2(x))
+
+    def decode(self, x: torch.Tensor, cache: list[torch.Tensor]) -> torch.Tensor:
+        x = x + self.attn.decode(self.ln1(x), cache)
         return x + self.mlp(self.ln2(x))
 
 
@@ -121,6 +142,26 @@ class GPT(nn.Module):
         if targets is not None:
             loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.view(-1))
         return logits, loss
+
+    @torch.no_grad()
+    def decode(self, idx: torch.Tensor, cache: list[list[torch.Tensor]]) -> torch.Tensor:
+        """Incremental decoding (nanoGPT's generate, with a KV cache): idx (B, T) are the tokens after the ones the
+        cache has seen (cache: one [keys, values] list per block, empty lists at first; filled in place). Returns
+        the logits (B, T, vocab) of these positions, as forward(whole sequence) gives them. The sequence may not
+        outgrow the position table (cfg.seq_len)."""
+        past = cache[0][0].shape[2] if cache and cache[0] else 0
+        T = idx.shape[1]
+        if past + T > self.cfg.seq_len:
+            raise ValueError(f"{past + T} tokens; the model's context (model.seq_len) is {self.cfg.seq_len}")
+        pos = torch.arange(past, past + T, device=idx.device)
+        x = self.tok_emb(idx) + self.pos_emb(pos)
+        for block, kv in zip(self.blocks, cache, strict=True):
+            x = block.decode(x, kv)
+        return self.head(self.ln_f(x))
+
+    def new_cache(self) -> list[list[torch.Tensor]]:
+        """An empty KV cache for decode: one [keys, values] list per block."""
+        return [[] for _ in self.blocks]
 
     def num_params(self, non_embedding: bool = False) -> int:
         """Parameters, counting the tied embedding/head matrix once. non_embedding drops the position table
