@@ -43,6 +43,8 @@ _LAZY = {
     "quantize": "workbench.compress",
     "prune": "workbench.compress",
     "export_onnx": "workbench.export",
+    "export_hf": "workbench.hf_export",
+    "generate": "workbench.textgen",
     "load_model": "workbench.finetune",
     "load_profile": "workbench.profiling",  # imports no torch; lazy all the same (a run folder's summary.json)
 }

@@ -209,6 +209,10 @@ def _finished_run(arg: str, runs_dir: str) -> str:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    if args.hf:
+        return _export_hf(args)
+    if args.adapter:
+        return _fail("--adapter goes with --hf (a peft adapter folder)")
     from workbench.export import export_onnx
 
     try:
@@ -219,6 +223,39 @@ def cmd_export(args: argparse.Namespace) -> int:
         return _fail(str(e))  # your module not found from here, or a forward that breaks the serving contract
     print(report.table())
     return 0 if report.parity else 1
+
+
+def _export_hf(args: argparse.Namespace) -> int:
+    from workbench.hf_export import export_hf
+
+    if args.onnx:
+        return _fail("choose one format: --onnx or --hf")
+    try:
+        report = export_hf(_finished_run(args.run, args.runs_dir), out=args.out, adapter=args.adapter)
+    except (FileNotFoundError, ModuleNotFoundError, ValueError, TypeError) as e:
+        return _fail(str(e))  # a shape GPT-2 cannot hold, an adapter that is not there, ...
+    print(report.table())
+    return 0 if report.parity else 1
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from workbench.textgen import Sampling, TextGenerator
+
+    s = Sampling(args.max_new_tokens, args.temperature, args.top_p, args.seed)
+    if s.problems():
+        return _fail("; ".join(s.problems()))
+    try:
+        gen = TextGenerator.from_run(_finished_run(args.run, args.runs_dir))
+        stream = gen.stream(args.prompt, s, tuple(args.stop or ()))
+    except (FileNotFoundError, ModuleNotFoundError, ValueError, TypeError) as e:
+        return _fail(str(e))
+    print(args.prompt, end="", flush=True)
+    for piece in stream:
+        print(piece, end="", flush=True)
+    c = stream.completion
+    print(f"\n[{c.completion_tokens} tokens after a prompt of {c.prompt_tokens}; finish_reason {c.finish_reason}]",
+          file=sys.stderr)  # fmt: skip
+    return 0
 
 
 def cmd_quantize(args: argparse.Namespace) -> int:
@@ -257,8 +294,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except OSError as e:  # the port is taken
         return _fail(f"cannot listen on 127.0.0.1:{args.port} ({e}); choose another --port")
     s = server.runner.served
-    print(f"serving {path} ({s.task}) on {server.url}: GET /healthz, POST /v1/logits"
-          + (", POST /v1/classify" if s.task == "classify" else "") + "; Ctrl-C stops", flush=True)  # fmt: skip
+    extra = {"classify": ", POST /v1/classify", "lm": f", GET /v1/models, POST /v1/completions (model {s.model_id!r})"}
+    print(f"serving {path} ({s.task}) on {server.url}: GET /healthz, POST /v1/logits" + extra.get(s.task, "")
+          + "; Ctrl-C stops", flush=True)  # fmt: skip
     try:
         server.serve_forever()
     except KeyboardInterrupt:
@@ -341,11 +379,16 @@ def _plan_commands(sub: Any) -> None:
 
 
 def _model_commands(sub: Any) -> None:
-    """export, quantize, prune, serve: a finished run's model."""
-    ex = sub.add_parser("export", help="export a finished run's model to ONNX and check it with onnxruntime")
+    """export, quantize, prune, generate, serve: a finished run's model."""
+    ex = sub.add_parser("export", help="export a finished run's model: ONNX (checked with onnxruntime) or a Hugging "
+                        "Face folder (--hf, checked with from_pretrained)")  # fmt: skip
     ex.add_argument("run", help="run folder, or a run name in --runs-dir")
-    ex.add_argument("--onnx", action="store_true", help="ONNX (the default and, for now, only format)")
-    ex.add_argument("--out", default=None, help="the .onnx file (default RUN/export/model.onnx)")
+    ex.add_argument("--onnx", action="store_true", help="ONNX (the default)")
+    ex.add_argument("--hf", action="store_true", help="a save_pretrained folder: config, safetensors, tokenizer")
+    ex.add_argument("--adapter", action="store_true",
+                    help="with --hf: the unmerged base, and a peft adapter folder in OUT/adapter")  # fmt: skip
+    ex.add_argument("--out", default=None,
+                    help="the .onnx file (default RUN/export/model.onnx), or the --hf folder (default RUN/export/hf)")  # fmt: skip
     ex.add_argument("--batch-size", type=int, default=None, help="batch timed for latency (default micro_batch_size)")
     ex.add_argument("--torchscript", action="store_true", help="the older TorchScript exporter instead of dynamo")
     ex.add_argument("--runs-dir", default="runs")
@@ -365,7 +408,19 @@ def _model_commands(sub: Any) -> None:
     pr.add_argument("--runs-dir", default="runs")
     pr.set_defaults(fn=cmd_prune)
 
-    sv = sub.add_parser("serve", help="serve a finished run's model over HTTP on 127.0.0.1 (logits, classify)")
+    ge = sub.add_parser("generate", help="continue a prompt with a finished run's language model")
+    ge.add_argument("run", help="run folder, or a run name in --runs-dir")
+    ge.add_argument("--prompt", required=True, help="text (token ids '3 14 15' for the synthetic language)")
+    ge.add_argument("--max-new-tokens", type=int, default=64)
+    ge.add_argument("--temperature", type=float, default=1.0, help="0: greedy (default 1)")
+    ge.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling (default 1: off)")
+    ge.add_argument("--seed", type=int, default=None)
+    ge.add_argument("--stop", action="append", metavar="TEXT", help="end at this text (repeatable)")
+    ge.add_argument("--runs-dir", default="runs")
+    ge.set_defaults(fn=cmd_generate)
+
+    sv = sub.add_parser("serve", help="serve a finished run's model over HTTP on 127.0.0.1 (logits, classify, and "
+                        "OpenAI's /v1/completions)")  # fmt: skip
     sv.add_argument("run", help="run folder, or a run name in --runs-dir")
     sv.add_argument("--port", type=int, default=8080)
     sv.add_argument("--batch-wait-ms", type=float, default=0.0,

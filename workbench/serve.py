@@ -10,6 +10,10 @@ Endpoints:
                         (README "What an export serves"): (batch, length, vocab) for a language model,
                         (batch, num_labels) for a classifier
     POST /v1/classify   classify runs only: {"tokens": ...} -> {"labels": [int], "probabilities": [[float]]}
+    GET  /v1/models     the OpenAI protocol (workbench/openai_api.py): the run, by its name, as the one model
+    POST /v1/completions  language models: OpenAI's completions (prompt, max_tokens, temperature, top_p, stop, n,
+                        seed, stream as server-sent events) with usage; the official ``openai`` client talks to it.
+                        Errors there carry OpenAI's body {"error": {"message", "type", "param", "code"}}
 
 The model is the run's latest checkpoint through ``workbench.finetune.load_model`` (LoRA merged), its output
 read by ``logits_of``: the same model that export and quantize see. Every request is checked before the model
@@ -27,6 +31,7 @@ the same CPU cores only fight over them). ``benchmarks/serve.py`` measures both.
 from __future__ import annotations
 
 import json
+import os
 import queue
 import threading
 import time
@@ -41,7 +46,10 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from workbench.data.codec import Codec
 from workbench.finetune.load import load_model, logits_of, run_config, run_path
+from workbench.openai_api import APIError, completion, completion_events, models_doc, parse_completion
+from workbench.textgen import TextGenerator, model_vocab
 
 HOST = "127.0.0.1"  # servers listen on the loopback address only
 MAX_BODY_BYTES = 4 * 1024 * 1024
@@ -68,20 +76,24 @@ class ServedModel:
     max_length: int
     num_labels: int | None = None
     name: str = "model"
+    generator: TextGenerator | None = None  # a language model's text generation (POST /v1/completions)
+
+    @property
+    def model_id(self) -> str:
+        """The name the OpenAI protocol knows the model by: the run folder's name."""
+        return os.path.basename(self.name.rstrip("/")) or self.name
 
     @classmethod
     def from_run(cls, run: Any) -> ServedModel:
         """A finished run's model (latest checkpoint, LoRA merged), in eval mode on the CPU."""
-        cfg = run_config(run)
-        kind = cfg.task.kind
-        return cls(
-            model=load_model(run).eval(),
-            task=kind,
-            vocab_size=cfg.data.vocab_size,
-            max_length=cfg.model.seq_len,
-            num_labels=cfg.task.num_labels if kind == "classify" else None,
-            name=run_path(run),
-        )
+        cfg, path = run_config(run), run_path(run)
+        kind, model = cfg.task.kind, load_model(run).eval()
+        vocab = model_vocab(model, cfg.data.vocab_size)  # the tokenizer's or the bytes', not data.vocab_size's
+        generator = None
+        if kind == "lm":
+            generator = TextGenerator(model, Codec.for_run(cfg, path, vocab), cfg.model.seq_len, name=path)
+        return cls(model=model, task=kind, vocab_size=vocab, max_length=cfg.model.seq_len,
+                   num_labels=cfg.task.num_labels if kind == "classify" else None, name=path, generator=generator)  # fmt: skip
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         """model(x)'s logits, fp32, without autograd."""
@@ -130,6 +142,7 @@ class Runner:
         self.batch_wait_s = batch_wait_ms / 1000
         self.max_batch = max_batch
         self.lock = threading.Lock()
+        self.generating = threading.Lock()  # text generations, one at a time (POST /v1/completions)
         self.queue: queue.Queue[tuple[torch.Tensor, Future]] = queue.Queue()
         self.batches = 0  # forward passes run (the batching's effect: fewer than requests)
         self.inflight = 0  # requests received and not answered yet (Runner.request)
@@ -197,7 +210,7 @@ class Runner:
 
 
 class Handler(BaseHTTPRequestHandler):
-    """GET /healthz, POST /v1/logits and /v1/classify; JSON in and out."""
+    """GET /healthz and /v1/models, POST /v1/logits, /v1/classify and /v1/completions; JSON in and out."""
 
     server: ModelServer
     protocol_version = "HTTP/1.1"  # keep-alive: a client's requests reuse one connection
@@ -217,12 +230,25 @@ class Handler(BaseHTTPRequestHandler):
         self.wfile.write(body)
 
     def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+        served = self.server.runner.served
         if self.path == "/healthz":
             self.reply(HTTPStatus.OK, self.server.health())
+        elif self.path == "/v1/models":
+            self.reply(HTTPStatus.OK, models_doc(served.model_id, self.server.started))
+        elif self.path == f"/v1/models/{served.model_id}":
+            self.reply(HTTPStatus.OK, models_doc(served.model_id, self.server.started)["data"][0])
+        elif self.path.startswith("/v1/models/"):
+            e = APIError(
+                f"the model {self.path[11:]!r} does not exist", HTTPStatus.NOT_FOUND, "model", "model_not_found"
+            )
+            self.reply(e.status, e.body())
         else:
-            self.reply(HTTPStatus.NOT_FOUND, {"error": f"no GET {self.path}; try /healthz"})
+            self.reply(HTTPStatus.NOT_FOUND, {"error": f"no GET {self.path}; try /healthz or /v1/models"})
 
     def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+        if self.path == "/v1/completions":
+            self.openai_completion()
+            return
         try:
             with self.server.runner.request():
                 doc = self.answer(self.read_body())
@@ -234,6 +260,52 @@ class Handler(BaseHTTPRequestHandler):
             self.reply(HTTPStatus.INTERNAL_SERVER_ERROR, {"error": f"{type(e).__name__}: {e}"})
             return
         self.reply(HTTPStatus.OK, doc)
+
+    def openai_completion(self) -> None:
+        """POST /v1/completions (workbench/openai_api.py): refusals before any event is sent, OpenAI's error body."""
+        served, runner = self.server.runner.served, self.server.runner
+        try:
+            with runner.request():
+                try:
+                    body = self.read_body()
+                except RequestError as e:
+                    self.close_connection = e.status in UNREAD_BODY
+                    raise APIError(str(e), e.status) from None
+                if served.generator is None:
+                    raise APIError(f"this run's task.kind is {served.task!r}: only a language model completes text; "
+                                   "use /v1/logits", HTTPStatus.NOT_FOUND, code="unsupported_model")  # fmt: skip
+                req = parse_completion(body, served.model_id, served.generator)
+                with runner.generating:  # one generation at a time (transformers' sampling seeds torch's global RNG)
+                    if req.stream:
+                        self.send_events(completion_events(served.generator, req, served.model_id))
+                        return
+                    doc = completion(served.generator, req, served.model_id)
+        except APIError as e:
+            self.reply(e.status, e.body())
+            return
+        except Exception as e:  # the model itself failed: the client hears why, the server goes on
+            err = APIError(f"{type(e).__name__}: {e}", HTTPStatus.INTERNAL_SERVER_ERROR, kind="server_error")
+            self.reply(err.status, err.body())
+            return
+        self.reply(HTTPStatus.OK, doc)
+
+    def send_events(self, events: Iterator[bytes]) -> None:
+        """Server-sent events, each flushed as it comes; the connection closes after the last one (no length)."""
+        self.send_response(HTTPStatus.OK)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Cache-Control", "no-cache")
+        self.send_header("Connection", "close")
+        self.end_headers()
+        self.close_connection = True
+        try:
+            for ev in events:
+                self.wfile.write(ev)
+                self.wfile.flush()
+        except (BrokenPipeError, ConnectionResetError):  # the client left: generation stops with the iterator
+            pass
+        except Exception as e:  # the model failed mid-stream: an error event, then the end
+            err = APIError(f"{type(e).__name__}: {e}", HTTPStatus.INTERNAL_SERVER_ERROR, kind="server_error")
+            self.wfile.write(b"data: " + json.dumps(err.body()).encode() + b"\n\n")
 
     def read_body(self) -> bytes:
         try:
@@ -269,6 +341,7 @@ class ModelServer(ThreadingHTTPServer):
         self.runner = runner
         self.max_body_bytes = max_body_bytes
         self.verbose = verbose
+        self.started = int(time.time())  # the model's "created" in /v1/models
         super().__init__((HOST, port), Handler)
 
     @property
