@@ -167,3 +167,24 @@ def test_serve_an_hf_run_to_the_openai_client(runs):
     finally:
         srv.terminate()
         srv.wait(timeout=30)
+
+
+def test_sharded_checkpoints_export_like_ddp_ones(tmp_path):
+    """zero3 and tp save DCP shards, one file per rank: load_model gathers them into the weights training ended
+    with (the digest every rank recorded), and the export holds them."""
+    import json
+
+    from tests.conftest import QUICKSTART
+    from workbench.parallel.common import state_digest
+
+    base = wb.RunConfig.from_yaml(QUICKSTART).override({"max_steps": 3, "log_every": 3, "eval_every": 0,
+        "grad_accum_steps": 1, "runs_dir": str(tmp_path / "runs")})  # fmt: skip
+    cfgs = [base.override({"name": "zero3", "parallel.strategy": "zero3"}),
+            base.override({"name": "tp", "parallel.strategy": "tp", "parallel.tp_size": 2})]  # fmt: skip
+    for r in [wb.launch(c) for c in cfgs]:
+        r.wait(timeout=600)
+        assert r.status == "finished", r.error
+        with open(os.path.join(r.path, "final_rank0.json")) as f:
+            trained = json.load(f)["params_sha256"]
+        assert state_digest(wb.load_model(r).state_dict()) == trained
+        assert export_hf(r, str(tmp_path / f"{r.name}-hf")).parity

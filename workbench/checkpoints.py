@@ -22,6 +22,7 @@ CHECKPOINTS_DIR = "checkpoints"
 TRAINER_STATE = "trainer_state.json"
 PREFIX = "step_"
 MODEL_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+SHARDED_WEIGHTS = os.path.join("dcp", ".metadata")  # a sharded layout's DCP checkpoint (zero2, zero3, tp, pp)
 
 
 def step_of(folder_name: str) -> int | None:
@@ -47,7 +48,8 @@ def list_checkpoints(run_dir: str) -> list[str]:
 
 
 def has_model_weights(path: str) -> bool:
-    return any(os.path.isfile(os.path.join(path, f)) for f in MODEL_WEIGHT_FILES)
+    """Whether the folder holds the model's weights: Accelerate's file, or a sharded layout's DCP checkpoint."""
+    return any(os.path.isfile(os.path.join(path, f)) for f in (*MODEL_WEIGHT_FILES, SHARDED_WEIGHTS))
 
 
 def latest(run_dir: str, with_model_weights: bool = False) -> str | None:

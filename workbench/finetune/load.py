@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -19,14 +20,32 @@ if TYPE_CHECKING:
     from workbench.runs import Run
 
 
-def read_weights(ckpt_dir: str) -> dict[str, torch.Tensor]:
-    """The model's state dict in a save_state folder (safetensors, or torch.load with weights_only)."""
+def read_weights(ckpt_dir: str, model: nn.Module | None = None) -> dict[str, torch.Tensor]:
+    """The model's state dict in a save_state folder (safetensors, or torch.load with weights_only); a sharded
+    layout's DCP checkpoint (zero2, zero3, tp) gathered into whole tensors shaped as ``model``'s (needed then)."""
     st = os.path.join(ckpt_dir, "model.safetensors")
     if os.path.isfile(st):
         from safetensors.torch import load_file
 
         return load_file(st)
-    return torch.load(os.path.join(ckpt_dir, "pytorch_model.bin"), map_location="cpu", weights_only=True)
+    bin_path = os.path.join(ckpt_dir, "pytorch_model.bin")
+    if os.path.isfile(bin_path) or model is None:
+        return torch.load(bin_path, map_location="cpu", weights_only=True)
+    return read_dcp_weights(os.path.join(ckpt_dir, "dcp"), model)
+
+
+def read_dcp_weights(dcp_dir: str, model: nn.Module) -> dict[str, torch.Tensor]:
+    """The "model" part of a DCP checkpoint, in one process with no process group: DCP reads every rank's shards
+    into the whole tensors of ``model``'s shapes (its parameters, a tied one once, and buffers; the optimizer's
+    state is not read). The names are the unwrapped model's, as get_state_dict saved them."""
+    import torch.distributed.checkpoint as dcp
+
+    wanted = dict(model.named_parameters()) | dict(model.named_buffers())
+    state = {"model": {k: torch.empty_like(v.detach(), device="cpu") for k, v in wanted.items()}}
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*single process")  # what no_dist is for
+        dcp.load(state, checkpoint_id=dcp_dir, no_dist=True)
+    return state["model"]
 
 
 def run_path(run: str | Run) -> str:
@@ -80,7 +99,7 @@ def load_model(run: str | Run, merge: bool = True) -> nn.Module:
         model = wrap_hf_peft(cfg, model)
     elif cfg.peft.method == "lora":
         model = wrap_lora(cfg, model)
-    sd = read_weights(ckpt)
+    sd = read_weights(ckpt, model)
     missing, unexpected = model.load_state_dict(sd, strict=False)
     # the tied LM head is saved once, as tok_emb.weight (safetensors refuses shared tensors)
     # (a Hugging Face model's tied weights likewise: a key that state_dict() lists but named_parameters() does not)
