@@ -56,6 +56,7 @@ KEYS = [
     ("device", "cpu", "tpu"),
     ("runs_dir", "elsewhere", ""),
     ("timeout_s", 30, 1),
+    ("trackers", ["tensorboard"], ["neptune"]),
     # after pretraining (tests/test_finetune.py checks run folders, architecture and teacher mismatches)
     ("init_from", None, "no/such/run"),
     ("task.kind", "classify", "regression"),

@@ -195,3 +195,23 @@ def write_hparams(writer: Any, cfg: Any, metrics: tuple[str, ...] = HPARAM_METRI
     for record in (exp, ssi, sei):
         fw.add_summary(record)
     writer.flush()
+
+
+def start_trackers(acc: Any, cfg: Any, run_dir: str, step: int, resume: bool) -> None:
+    """Accelerate's trackers of ``trackers:`` (log_with), one tracker run per job (Accelerate starts them on rank 0
+    only): TensorBoard in RUN/tensorboard, its HParams through the run's own writer; MLflow in a local file store
+    RUNS_DIR/mlruns shared by the runs (unless MLFLOW_TRACKING_URI says otherwise), experiment "workbench"
+    (MLFLOW_EXPERIMENT_NAME), one MLflow run named after the run with the config's keys as its params."""
+    kwargs: dict[str, dict] = {"tensorboard": {"purge_step": step + 1} if resume else {}}
+    if "mlflow" in cfg.trackers:
+        store = os.path.join(os.path.dirname(os.path.abspath(run_dir)), "mlruns")
+        os.environ.setdefault("MLFLOW_TRACKING_URI", "file:" + store)
+        os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")  # MLflow 3 refuses a file store unless told
+        os.environ.setdefault("MLFLOW_EXPERIMENT_NAME", "workbench")
+        kwargs["mlflow"] = {"run_name": cfg.name}
+    acc.init_trackers("tensorboard", init_kwargs=kwargs)  # "tensorboard": TensorBoard's folder in the run
+    if acc.is_main_process and not resume:
+        write_hparams(acc.get_tracker("tensorboard", unwrap=True), cfg)  # through the run's own writer
+        for name in cfg.trackers:
+            if name != "tensorboard":
+                acc.get_tracker(name).store_init_configuration(hparams_dict(cfg))

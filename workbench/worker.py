@@ -42,8 +42,8 @@ from workbench.telemetry import (
     drop_events_after,
     mfu,
     peak_memory_bytes,
+    start_trackers,
     tensorboard_scalars,
-    write_hparams,
 )
 
 
@@ -75,7 +75,7 @@ def build_accelerator(cfg, run_dir: str, mixed_precision: str, on_cpu: bool) -> 
         gradient_accumulation_plugin=GradientAccumulationPlugin(
             num_steps=cfg.grad_accum_steps, sync_with_dataloader=False
         ),
-        log_with="tensorboard",
+        log_with=list(cfg.trackers),  # tensorboard, and mlflow where asked (telemetry.start_trackers)
         project_dir=run_dir,
         # A seedable sampler: the shuffle order depends on (seed, epoch) only, so a resumed run sees the
         # same batches as an uninterrupted one (the default sampler is exact only within the first epoch).
@@ -274,10 +274,7 @@ class Trainer:
                 drop_events_after(path, self.step)  # no duplicate steps in one metrics file
             self.metrics = MetricsWriter(path)
         # purge_step: TensorBoard hides events past the checkpoint that the interrupted run wrote.
-        kwargs = {"purge_step": self.step + 1} if self.resume else {}
-        self.acc.init_trackers("tensorboard", init_kwargs={"tensorboard": kwargs})
-        if self.main and not self.resume:
-            write_hparams(self.acc.get_tracker("tensorboard", unwrap=True), self.cfg)  # through the run's own writer
+        start_trackers(self.acc, self.cfg, self.run_dir, self.step, self.resume)  # tensorboard, mlflow
         self.floor = entropy_floor(self.cfg) if not self.classify else None  # a classifier has bayes_accuracy
 
     # ---- the loop ----

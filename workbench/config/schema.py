@@ -161,6 +161,7 @@ class RunConfig:
     eval_batches: int = 8
     checkpoint_every: int = 0  # optimizer steps between checkpoints; 0 = only at stop and at the end
     profile_steps: int = 0  # optimizer steps traced by torch.profiler after a short warm-up; 0 = off
+    trackers: tuple[str, ...] = ("tensorboard",)  # Accelerate's log_with: tensorboard, plus mlflow where installed
     seed: int = 0
     device: str = "auto"  # auto: CUDA GPUs when present, else CPU processes with gloo
     runs_dir: str = "runs"

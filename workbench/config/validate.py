@@ -220,9 +220,33 @@ def _validate_batch(cfg: RunConfig, c: Checker) -> None:
         _validate_profile_steps(cfg, c)
     c.need_int("seed", cfg.seed, 0, 2**32 - 1)
     c.need_int("timeout_s", cfg.timeout_s, 5, 3600)
+    _validate_trackers(cfg, c)
     if not isinstance(cfg.activation_checkpointing, bool):
         c.problems.append(Problem("activation_checkpointing",
                                   f"must be true or false, got {cfg.activation_checkpointing!r}"))  # fmt: skip
+
+
+TRACKERS = {"tensorboard": "tensorboard", "mlflow": "mlflow"}  # name in trackers -> the module it needs
+
+
+def _validate_trackers(cfg: RunConfig, c: Checker) -> None:
+    """trackers: tensorboard (always: the dashboard's HParams and the run's scalars) and the extra ones, installed."""
+    import importlib.util
+
+    t = cfg.trackers
+    if not isinstance(t, (list, tuple)) or not all(isinstance(x, str) for x in t):
+        c.problems.append(
+            Problem("trackers", f"must be a list of tracker names such as [tensorboard, mlflow], got {t!r}")
+        )
+        return
+    unknown = [x for x in t if x not in TRACKERS]
+    if unknown:
+        c.problems.append(Problem("trackers", f"{unknown} unknown; the trackers are {sorted(TRACKERS)}"))
+    elif "tensorboard" not in t:
+        c.problems.append(Problem("trackers", "must include tensorboard (the run's scalars and HParams); add others"))
+    for x in t:
+        if x in TRACKERS and importlib.util.find_spec(TRACKERS[x]) is None:
+            c.problems.append(Problem("trackers", f'{x} is not installed: pip install -e ".[{x}]" (or drop it)'))
 
 
 def _validate_profile_steps(cfg: RunConfig, c: Checker) -> None:
