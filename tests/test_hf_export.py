@@ -41,6 +41,9 @@ def runs(tmp_path_factory):
     cfgs = {
         "gpt": base.override({"name": "gpt"}),
         "bytes": base.override({"name": "bytes", "data.source": "text", "data.path": corpus}),
+        "gptlora": base.override(
+            {"name": "gptlora", "peft.method": "lora", "peft.r": 4, "peft.target": ["attn"], "optimizer.lr": 3e-2}
+        ),  # fmt: skip
         "llama": base.override(
             {
                 **TINY_LLAMA,
@@ -113,6 +116,24 @@ def test_a_lora_llama_exports_merged_and_as_a_peft_adapter(runs, tmp_path):
     x = torch.randint(4, 300, (2, 16), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         assert float((back(input_ids=x).logits - logits(wb.load_model(runs["llama"]), x)).abs().max()) <= 1e-5
+
+
+def test_the_gpts_lora_becomes_a_peft_adapter_of_gpt2(runs, tmp_path):
+    """q, k, v's adapters as one LoRA of rank 3r on c_attn, o's on attn.c_proj: the base plus the adapter computes
+    the merged model."""
+    import transformers
+    from peft import PeftModel
+
+    ad = export_hf(runs["gptlora"], str(tmp_path / "gptlora"), adapter=True)
+    assert ad.parity and ad.model_class == "GPT2LMHeadModel", ad
+    base = transformers.AutoModelForCausalLM.from_pretrained(ad.path).eval()
+    x = torch.randint(0, 64, (2, 64), generator=torch.Generator().manual_seed(0))
+    merged = wb.load_model(runs["gptlora"])
+    with torch.no_grad():
+        before = float((base(x).logits - logits(merged, x)).abs().max())
+        back = PeftModel.from_pretrained(base, ad.adapter_path).eval()
+        after = float((back(x).logits - logits(merged, x)).abs().max())
+    assert after <= 1e-5 < before  # the adapter is what moves the base to the trained model
 
 
 def test_refusals_name_the_reason(runs, quickstart):

@@ -15,8 +15,9 @@ as a ``PreTrainedTokenizerFast`` folder (tokenizer.json, tokenizer_config.json, 
   ``<mask>`` and ``<cls>``; the byte-level text source ships a tokenizer whose 256 ids are the bytes of the text
   (no merges, no special tokens); the synthetic language has no text, so no tokenizer is written;
 - peft runs (LoRA, AdaLoRA, adapter) export merged; with ``adapter=True`` the folder holds the unmerged base and
-  ``adapter/`` a peft adapter folder, loadable onto it with ``PeftModel.from_pretrained``. Prefix-Tuning cannot
-  merge (its prefixes are inputs): it exports with ``adapter=True`` only;
+  ``adapter/`` a peft adapter folder, loadable onto it with ``PeftModel.from_pretrained`` (the GPT's LoRA on q, k, v
+  becomes one LoRA of three times the rank on GPT-2's c_attn: models/gpt2.py). Prefix-Tuning cannot merge (its
+  prefixes are inputs): it exports with ``adapter=True`` only;
 - sharded checkpoints (zero3, tp) export as ddp ones: ``load_model`` gathers them.
 
 The export loads its own folder back with ``from_pretrained`` and reports the max |logit difference| against the
@@ -85,9 +86,6 @@ def export_hf(run: str | Run, out: str | None = None, adapter: bool = False) -> 
     hf_run = is_hf(cfg.model.arch)
     if adapter and cfg.peft.method in ("none", "frozen"):
         raise ValueError(f"peft.method is {cfg.peft.method!r}: there is no adapter to export (drop --adapter)")
-    if adapter and not hf_run:
-        raise ValueError("--adapter: the GPT's LoRA sits on q, k and v apart, which GPT-2 fuses into one c_attn; "
-                         "export the run merged (without --adapter)")  # fmt: skip
     if hf_run and cfg.peft.method == "prefix" and not adapter:
         raise ValueError("Prefix-Tuning cannot merge into the weights (its prefixes are inputs): export it with "
                          "--adapter, which writes the base model and the peft adapter folder")  # fmt: skip
@@ -97,6 +95,12 @@ def export_hf(run: str | Run, out: str | None = None, adapter: bool = False) -> 
     adapter_path = None
     if hf_run:
         hf, adapter_path = _hf_folder(model, out, adapter)
+    elif adapter:  # the GPT's LoRA: the unmerged base as GPT-2, its adapters as GPT-2's (models/gpt2.py)
+        from workbench.models.gpt2 import gpt2_lora_adapter
+
+        hf = _gpt2_folder(model.get_base_model(), codec, out)
+        adapter_path = os.path.join(out, "adapter")
+        gpt2_lora_adapter(model, hf, adapter_path)
     else:
         hf = _gpt2_folder(model, codec, out)
     _generation_config(hf).save_pretrained(out)

@@ -110,3 +110,43 @@ def to_gpt2(model: nn.Module, eos_id: int | None, pad_id: int | None = None) -> 
         raise RuntimeError(f"GPT -> GPT2LMHeadModel: missing {missing}, unexpected {unexpected}")
     hf.tie_weights()
     return hf.eval()
+
+
+# GPT-2's module (under transformer.h.i) -> the GPT's Linears it holds; c_attn holds three side by side
+GPT2_LORA_MODULES = {"attn.c_attn": ("attn.q", "attn.k", "attn.v"), "attn.c_proj": ("attn.o",),
+                     "mlp.c_fc": ("mlp.fc1",), "mlp.c_proj": ("mlp.fc2",)}  # fmt: skip
+
+
+def gpt2_lora_adapter(peft_gpt: nn.Module, gpt2: nn.Module, out: str) -> None:
+    """The GPT's LoRA (peft on q, k, v, o, fc1, fc2) as a peft adapter of GPT2LMHeadModel, saved in out.
+
+    c_attn = [q | k | v] gets one LoRA of rank 3r: A = [A_q; A_k; A_v] stacked, B = diag(B_q, B_k, B_v), scaled
+    by 3·alpha / 3r = alpha / r, so B A = [B_q A_q; B_k A_k; B_v A_v]: each part's own update (a part without an
+    adapter gets zero blocks). ``gpt2`` (the base, from to_gpt2) is wrapped in place."""
+    from peft import LoraConfig, get_peft_model
+
+    lc = peft_gpt.peft_config["default"]
+    r, alpha, targets = lc.r, lc.lora_alpha, set(lc.target_modules)
+    used = [m for m, parts in GPT2_LORA_MODULES.items() if any(p.split(".")[1] in targets for p in parts)]
+    config = LoraConfig(r=r, lora_alpha=alpha, target_modules=used, fan_in_fan_out=True, lora_dropout=0.0,
+                        bias="none", task_type="CAUSAL_LM", rank_pattern={"c_attn": 3 * r},
+                        alpha_pattern={"c_attn": 3 * alpha})  # fmt: skip
+    pm = get_peft_model(gpt2, config)
+    gpt = peft_gpt.get_base_model()
+    for i, block in enumerate(gpt.blocks):
+        h = pm.base_model.model.transformer.h[i]
+        for name in used:
+            A, B = [], []
+            for part in GPT2_LORA_MODULES[name]:
+                src = block.get_submodule(part)
+                if hasattr(src, "lora_A") and "default" in src.lora_A:
+                    A.append(src.lora_A["default"].weight.detach())
+                    B.append(src.lora_B["default"].weight.detach())
+                else:  # this Linear had no adapter: zero blocks
+                    A.append(torch.zeros(r, src.in_features))
+                    B.append(torch.zeros(src.out_features, r))
+            dst = h.get_submodule(name)
+            with torch.no_grad():
+                dst.lora_A["default"].weight.copy_(torch.cat(A))
+                dst.lora_B["default"].weight.copy_(torch.block_diag(*B))
+    pm.save_pretrained(out)
