@@ -209,3 +209,25 @@ def test_sharded_checkpoints_export_like_ddp_ones(tmp_path):
             trained = json.load(f)["params_sha256"]
         assert state_digest(wb.load_model(r).state_dict()) == trained
         assert export_hf(r, str(tmp_path / f"{r.name}-hf")).parity
+
+
+def test_a_bert_classifier_exports_with_its_label_names(tmp_path):
+    import json
+
+    import transformers
+
+    from tests.conftest import QUICKSTART
+
+    rows = [{"text": f"{w} line number {i} of words", "label": w} for i in range(60) for w in ("alpha", "beta")]
+    data = tmp_path / "labelled.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = wb.RunConfig.from_yaml(QUICKSTART).override({"name": "bert", "model.arch": "hf:bert", "model.n_layer": 2,
+        "model.n_head": 4, "model.d_model": 32, "model.seq_len": 16, "task.kind": "classify", "task.num_labels": 2,
+        "data.source": "files", "data.path": str(data), "data.tokenizer": "bpe:300", "max_steps": 3, "log_every": 3,
+        "eval_every": 3, "micro_batch_size": 4, "grad_accum_steps": 1, "parallel.num_processes": 1,
+        "runs_dir": str(tmp_path / "runs")})  # fmt: skip
+    r = finished(cfg)
+    rep = export_hf(r, str(tmp_path / "bert-hf"))
+    assert rep.parity and rep.model_class == "BertForSequenceClassification", rep
+    back = transformers.AutoModelForSequenceClassification.from_pretrained(rep.path)
+    assert back.config.id2label == {0: "alpha", 1: "beta"}

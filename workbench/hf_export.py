@@ -8,7 +8,8 @@ The folder holds config.json, model.safetensors, generation_config.json and, whe
 as a ``PreTrainedTokenizerFast`` folder (tokenizer.json, tokenizer_config.json, special tokens set):
 
 - a Hugging Face run (``model.arch: hf:...``) exports as its own type (LlamaForCausalLM, BertForMaskedLM, ... and
-  AutoModelForSequenceClassification for a classifier), its weights the checkpoint's;
+  AutoModelForSequenceClassification for a classifier, its labels named as the data named them), its weights the
+  checkpoint's;
 - the built-in GPT exports as ``GPT2LMHeadModel`` (models/gpt2.py: the same architecture, q/k/v side by side in
   c_attn); a GPT that GPT-2 cannot hold (the mean-pooled classifier) is refused with the reason;
 - the tokenizer: data.source files ships the run's own tokenizer with ``<|endoftext|>`` as bos/eos, ``<pad>``,
@@ -94,6 +95,8 @@ def export_hf(run: str | Run, out: str | None = None, adapter: bool = False) -> 
     os.makedirs(out, exist_ok=True)
     adapter_path = None
     if hf_run:
+        if cfg.task.kind == "classify":
+            _name_labels(model.hf, run_dir)  # a PeftModel hands .config through to the transformers model
         hf, adapter_path = _hf_folder(model, out, adapter)
     elif adapter:  # the GPT's LoRA: the unmerged base as GPT-2, its adapters as GPT-2's (models/gpt2.py)
         from workbench.models.gpt2 import gpt2_lora_adapter
@@ -127,6 +130,21 @@ def _gpt2_folder(model: nn.Module, codec: Codec, out: str) -> Any:
     hf = to_gpt2(model, codec.eos_id, pad)
     hf.save_pretrained(out)
     return hf
+
+
+def _name_labels(hf: Any, run_dir: str) -> None:
+    """A classifier's config.id2label / label2id: the data's string labels where it had them (else LABEL_i)."""
+    import json
+
+    split = os.path.join(run_dir, "data", "split.json")
+    names = None
+    if os.path.isfile(split):
+        with open(split) as f:
+            names = json.load(f).get("label_names")
+    config = getattr(hf, "config", None)
+    if names and config is not None and len(names) == config.num_labels:
+        config.id2label = dict(enumerate(names))
+        config.label2id = {n: i for i, n in enumerate(names)}
 
 
 def _hf_folder(model: nn.Module, out: str, adapter: bool) -> tuple[Any, str | None]:

@@ -159,10 +159,16 @@ def pack(docs: list[list[int]], seq_len: int, eot: int) -> tuple[np.ndarray, int
 
 def _labels(rows: list[dict[str, Any]], field: str) -> list[int]:
     values = [r[field] for r in rows]
+    names = label_names(rows, field)
+    return values if names is None else [names.index(str(v)) for v in values]
+
+
+def label_names(rows: list[dict[str, Any]], field: str) -> list[str] | None:
+    """String labels' names in id order (sorted), or None when the labels are already integer ids."""
+    values = [r[field] for r in rows]
     if all(isinstance(v, int) and not isinstance(v, bool) for v in values):
-        return values
-    names = sorted({str(v) for v in values})  # string labels: ids in sorted order
-    return [names.index(str(v)) for v in values]
+        return None
+    return sorted({str(v) for v in values})
 
 
 def _rows_of(ids: list[list[int]], seq_len: int, cls: int, pad: int) -> np.ndarray:
@@ -198,6 +204,8 @@ def prepare(cfg: RunConfig, run_dir: str) -> dict[str, Any]:
                             "rule": f"rows in file order; the last {EVAL_SHARE:.0%} evaluate"
                             + (" (classify: validation, then the last share tests)" if task == "classify" else "")}  # fmt: skip
     labels = _labels(rows, d.label_field) if task == "classify" else None
+    if task == "classify" and (names := label_names(rows, d.label_field)) is not None:
+        info["label_names"] = names  # an export names its classes (hf_export: config.id2label)
     for split, (a, b) in splits.items():
         if task == "classify":
             x, y = _rows_of(ids[a:b], T, sp["cls"], sp["pad"]), np.asarray(labels[a:b], dtype=np.int64)
