@@ -88,3 +88,38 @@ def test_bytes_stream_never_splits_a_character():
     finally:
         tg.stream_tokens = orig
     assert "".join(pieces) == text and all("\ufffd" not in p for p in pieces)
+
+
+def test_hf_generate_greedy_is_the_argmax_continuation_and_only_our_eos_ends_it():
+    """transformers' generate behind the same loop: greedy = argmax of full forwards; the model's own config
+    eos (Llama's 2) does not end a run whose tokens have no end-of-text, the codec's eos does."""
+    import transformers
+
+    from workbench.data.files import offline
+
+    offline()
+    cfg = transformers.AutoConfig.for_model("llama", hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                            num_key_value_heads=2, intermediate_size=64, vocab_size=50,
+                                            max_position_embeddings=64)  # fmt: skip
+    torch.manual_seed(0)
+    hf = transformers.AutoModelForCausalLM.from_config(cfg).eval()
+
+    class Wrapped(torch.nn.Module):  # HFModel's shape: the transformers model as .hf
+        def __init__(self):
+            super().__init__()
+            self.hf = hf
+
+    got = list(stream_tokens(Wrapped(), [5, 6, 7], Sampling(max_new_tokens=12, temperature=0)))
+    seq = [5, 6, 7]
+    with torch.no_grad():
+        for _ in range(12):
+            seq.append(int(hf(torch.tensor([seq])).logits[0, -1].argmax()))
+    assert got == seq[3:]
+    hf.generation_config.eos_token_id = got[1]  # the model's own eos: ignored, ours is None
+    assert list(stream_tokens(Wrapped(), [5, 6, 7], Sampling(max_new_tokens=12, temperature=0))) == got
+    assert (
+        list(stream_tokens(Wrapped(), [5, 6, 7], Sampling(max_new_tokens=12, temperature=0), eos_id=got[1])) == [got[0]]
+        or got[0] == got[1]
+    )
+    s = Sampling(max_new_tokens=8, temperature=1.0, top_p=0.9, seed=5)
+    assert list(stream_tokens(Wrapped(), [1, 2], s)) == list(stream_tokens(Wrapped(), [1, 2], s))

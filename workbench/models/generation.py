@@ -138,6 +138,10 @@ def _hf_stream(hf: Any, prompt: list[int], s: Sampling, eos_id: int | None, halt
     x = torch.tensor([prompt], dtype=torch.int64)
 
     def work() -> None:
+        # generate fills every field left None (eos_token_id among them) from the model's own generation_config:
+        # ours stands in for it while this runs, so "no end-of-text token" stays none (one generation at a time)
+        own = hf.generation_config
+        hf.generation_config = config
         try:
             if s.seed is not None:
                 torch.manual_seed(s.seed)
@@ -147,6 +151,8 @@ def _hf_stream(hf: Any, prompt: list[int], s: Sampling, eos_id: int | None, halt
         except BaseException as e:  # the consumer hears it
             tokens.put(e)
             tokens.put(None)
+        finally:
+            hf.generation_config = own
 
     thread = threading.Thread(target=work, name="workbench-generate", daemon=True)
     thread.start()
