@@ -43,6 +43,7 @@ from workbench.runs import Run, kill_workers, read_status, write_status
 
 ELASTIC_DIR = "elastic"  # torchelastic's log dir inside the run folder: per-rank error.json files
 GPU_IDS = "gpu_ids.json"  # the GPUs launch(gpu_ids=...) gave the run (absent: all)
+API_ASKS = ("ask for resume=True", "overwrite=True")  # how check_launchable's message names the two ways out
 
 
 def free_port() -> int:
@@ -51,7 +52,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def check_launchable(cfg: RunConfig, overwrite: bool = False, resume: bool = False) -> list[Problem]:
+def check_launchable(
+    cfg: RunConfig, overwrite: bool = False, resume: bool = False, asks: tuple[str, str] = API_ASKS
+) -> list[Problem]:
+    """What stops launch(cfg, overwrite, resume): validation, then the run folder (taken; resume without a
+    checkpoint). asks: how the caller's user asks for resume and for overwrite, as the message names them
+    (the Python API's keywords; the panel names its checkboxes)."""
     problems = prelaunch.problems(cfg)
     if problems:
         return problems
@@ -60,8 +66,8 @@ def check_launchable(cfg: RunConfig, overwrite: bool = False, resume: bool = Fal
         problems.append(
             Problem(
                 "name",
-                f"run folder {run_dir!r} already exists; pick another name, or ask for resume=True "
-                "(continue from its last checkpoint) or overwrite=True (delete it)",
+                f"run folder {run_dir!r} already exists; pick another name, or {asks[0]} "
+                f"(continue from its last checkpoint) or {asks[1]} (delete it)",
             )
         )
     if resume and checkpoints.latest(run_dir) is None:
