@@ -10,7 +10,7 @@ from typing import Any
 
 from workbench import checkpoints
 from workbench.config import ConfigError, RunConfig
-from workbench.fileio import format_bytes
+from workbench.fileio import format_bytes, resolve_runs_dir
 from workbench.runs import Run, list_runs
 
 QUICKSTART = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "quickstart.yaml")
@@ -270,6 +270,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    if getattr(args, "runs_dir", None):  # one runs folder wherever the command is typed in the project
+        args.runs_dir = resolve_runs_dir(args.runs_dir)
     return args.fn(args)
 
 
