@@ -71,10 +71,11 @@ PRELOAD = (
     "workbench.measure",
     "workbench.profiling",
     "workbench.plan",
+    "datasets",  # Accelerate's prepare_data_loader imports it when installed (with pandas and pyarrow)
     "transformers",
     "peft",
 )
-OPTIONAL = ("transformers", "peft")
+OPTIONAL = ("datasets", "transformers", "peft")
 # Read once, at import time, by something the pool imported: a run asking for other values must not inherit ours.
 IMPORT_TIME_ENV = ("HF_", "HUGGINGFACE_", "TRANSFORMERS_", "TORCH", "PYTORCH_", "PYTHON", "KMP_", "GOMP_", "MKL_",
                    "OPENBLAS_", "LD_", "DISABLE_", "TOKENIZERS_", "TF_")  # fmt: skip
