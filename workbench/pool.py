@@ -40,6 +40,7 @@ import gc
 import importlib
 import json
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -146,6 +147,12 @@ def rss_bytes() -> int:
     return 0
 
 
+def cpu_seconds(who: int) -> float:
+    """User + system CPU seconds of this process (RUSAGE_SELF) or of its ended, reaped children."""
+    r = resource.getrusage(who)
+    return r.ru_utime + r.ru_stime
+
+
 def cuda_initialised() -> bool:
     """True when CUDA is initialised in this process (then it must not fork ranks)."""
     torch = sys.modules.get("torch")
@@ -166,6 +173,7 @@ class Pool:
         self.base_path = [p for p in sys.path[1:] if p not in pythonpath]  # sys.path[0]: the pool's own folder
         self.max_rss = float(os.environ.get(MAX_MB_ENV, 2048)) * 2**20
         self.forked, self.last_launch, self.stopping = 0, time.monotonic(), ""
+        self.children: set[int] = set()  # supervisors forked and not yet reaped
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         path = pool_client.pool_file("sock") or ""
         if os.path.exists(path):
@@ -190,6 +198,9 @@ class Pool:
             "rss_bytes": rss_bytes(),
             "max_rss_bytes": int(self.max_rss),
             "runs_forked": self.forked,
+            "runs_running": len(self.children),
+            "cpu_s": round(cpu_seconds(resource.RUSAGE_SELF), 3),  # the imports, mostly
+            "children_cpu_s": round(cpu_seconds(resource.RUSAGE_CHILDREN), 3),  # every run forked and ended
             "idle_s": round(time.monotonic() - self.last_launch, 1),
             "idle_timeout_s": self.idle_s,
             "source_files": len(self.sources),
@@ -226,6 +237,7 @@ class Pool:
                 return
             if pid == 0:
                 return
+            self.children.discard(pid)
 
     def handle(self, conn: socket.socket) -> None:
         conn.settimeout(5.0)
@@ -278,6 +290,7 @@ class Pool:
             self.sock.close()
             supervisor_child(req, self.base_path)
         self.forked += 1
+        self.children.add(pid)
         self.last_launch = time.monotonic()
         return {"pid": pid}
 
