@@ -140,6 +140,9 @@ def test_import_time_environment_must_match():
     assert pool.env_difference(base, dict(base, OMP_NUM_THREADS="2", PATH="/x", PYTHONPATH="/b")) is None
     assert pool.env_difference(base, dict(base, HF_HUB_OFFLINE="0")) == "HF_HUB_OFFLINE"
     assert pool.env_difference(base, dict(base, PYTHONHASHSEED="0")) == "PYTHONHASHSEED"
+    # the pool turns the hub offline (as the workbench does before importing transformers): unset means the same
+    offline = dict(base, HF_DATASETS_OFFLINE="1")
+    assert pool.env_difference(offline, {k: v for k, v in offline.items() if not k.startswith("HF_")}) is None
 
 
 def test_no_fork_where_cuda_is_initialised(monkeypatch):

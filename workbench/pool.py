@@ -84,6 +84,9 @@ IMPORT_TIME_ENV = ("HF_", "HUGGINGFACE_", "TRANSFORMERS_", "TORCH", "PYTORCH_", 
 RUN_TIME_ENV = {"PYTHONPATH", "PYTHONUNBUFFERED", "MKL_NUM_THREADS", "TORCHINDUCTOR_CACHE_DIR", "TORCHELASTIC_ERROR_FILE",
                 "TORCH_ELASTIC_SHUTDOWN_TIMEOUT", "PYTHONWARNINGS", "TORCHELASTIC_RUN_ID"}  # fmt: skip
 MAX_MB_ENV = "WORKBENCH_POOL_MAX_MB"
+# The workbench never touches the network unless asked (workbench.data.files.offline): set before the pool imports
+# datasets and transformers, which read them once, as the ranks do before they import those themselves.
+OFFLINE_DEFAULTS = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
 
 
 def preload(modules: tuple[str, ...] = PRELOAD) -> dict[str, float]:
@@ -133,7 +136,7 @@ def env_difference(pool_env: dict[str, str], env: dict[str, str]) -> str | None:
     for key in sorted(set(pool_env) | set(env)):
         if key in RUN_TIME_ENV or not key.startswith(IMPORT_TIME_ENV):
             continue
-        if pool_env.get(key) != env.get(key):
+        if pool_env.get(key) != env.get(key, OFFLINE_DEFAULTS.get(key)):
             return key
     return None
 
@@ -165,6 +168,8 @@ class Pool:
     def __init__(self, idle_s: float):
         self.idle_s = idle_s
         self.started = time.time()
+        for key, value in OFFLINE_DEFAULTS.items():
+            os.environ.setdefault(key, value)
         self.env = dict(os.environ)
         self.imports = preload()
         gc.freeze()  # what was imported stays out of the forked processes' collections (fewer copied pages)
