@@ -189,6 +189,7 @@ class Pool:
         finally:
             os.umask(old)
         os.chmod(path, 0o600)
+        self.inode = os.stat(path).st_ino  # close() removes the socket file only while it is still ours
         self.sock.listen(16)
         self.sock.settimeout(0.5)
         self.path = path
@@ -301,7 +302,7 @@ class Pool:
 
     def close(self) -> None:
         try:
-            if os.path.exists(self.path) and os.stat(self.path).st_ino == os.fstat(self.sock.fileno()).st_ino:
+            if os.stat(self.path).st_ino == self.inode:
                 os.unlink(self.path)
         except OSError:
             pass

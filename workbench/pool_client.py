@@ -138,12 +138,15 @@ def warm_up(env: dict[str, str] | None = None) -> int | None:
 
 
 def wait_ready(timeout: float) -> bool:
-    """Wait up to timeout seconds for a starting pool to answer; False when none is starting or it never does."""
+    """Wait up to timeout seconds for a starting pool to answer; False when none is starting or it never does.
+
+    A pool process just started writes its PID file within a moment: none after 5 s means none is starting.
+    """
     t0 = time.monotonic()
     while time.monotonic() - t0 < timeout:
         if call({"op": "ping"}, timeout=2.0) is not None:
             return True
-        if pool_pid() is None:
+        if pool_pid() is None and time.monotonic() - t0 > 5.0:
             return False
         time.sleep(0.05)
     return False
