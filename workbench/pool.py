@@ -26,7 +26,7 @@ makes it refuse. Anything that fails before the ranks are forked falls back to e
 Only CPU runs (gloo) go warm: on a GPU the launch validation asks CUDA about bf16, which would initialise CUDA in
 the process that forks the ranks (forked children cannot use it then). GPU runs take the cold path.
 
-Memory: the pool holds what it imported (RSS ~0.5 GB with transformers; ``workbench pool status`` says) and
+Memory: the pool holds what it imported (RSS ~0.45 GB with transformers and peft; ``workbench pool status`` says) and
 nothing else: it never trains, so it does not grow; above WORKBENCH_POOL_MAX_MB (default 2048) it ends itself.
 It ends itself after WORKBENCH_POOL_IDLE_MIN minutes (default 15) without a launch, and with
 ``workbench pool stop``.
@@ -73,9 +73,10 @@ PRELOAD = (
     "workbench.profiling",
     "workbench.plan",
     "datasets",  # Accelerate's prepare_data_loader imports it when installed (with pandas and pyarrow)
-    "transformers",
-    "peft",
 )
+# Imported once the pool is ready and idle (between requests: a launch arriving meanwhile waits for one module):
+# only the Hugging Face model families need them, and they should not delay the pool's first warm launch.
+LATER = ("transformers", "peft")
 OPTIONAL = ("datasets", "transformers", "peft")
 # Read once, at import time, by something the pool imported: a run asking for other values must not inherit ours.
 IMPORT_TIME_ENV = ("HF_", "HUGGINGFACE_", "TRANSFORMERS_", "TORCH", "PYTORCH_", "PYTHON", "KMP_", "GOMP_", "MKL_",
@@ -179,6 +180,7 @@ class Pool:
         self.max_rss = float(os.environ.get(MAX_MB_ENV, 2048)) * 2**20
         self.forked, self.last_launch, self.stopping = 0, time.monotonic(), ""
         self.children: set[int] = set()  # supervisors forked and not yet reaped
+        self.later = list(LATER)
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         path = pool_client.pool_file("sock") or ""
         if os.path.exists(path):
@@ -225,11 +227,21 @@ class Pool:
             try:
                 conn, _ = self.sock.accept()
             except (TimeoutError, InterruptedError):
+                self.import_later()
                 continue
             with conn:
                 self.handle(conn)
         self.close()
         return self.stopping
+
+    def import_later(self) -> None:
+        """While idle: the next module of LATER, and its source files joining those watched."""
+        if not self.later:
+            return
+        self.imports.update(preload((self.later.pop(0),)))
+        for path, stamp in source_files().items():
+            self.sources.setdefault(path, stamp)
+        gc.freeze()
 
     def on_signal(self, signum, frame) -> None:
         self.stopping = f"signal {signum}"
