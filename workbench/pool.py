@@ -321,6 +321,15 @@ class Pool:
         self.sock.close()
 
 
+def default_signals() -> None:
+    """The signal dispositions a fresh Python starts with (a fork inherits its parent's handlers: the pool's, or
+    torchelastic's agent's, which turns SIGTERM into an exception and would give a rank shut down by the agent an
+    error file of its own)."""
+    for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2, signal.SIGCHLD):
+        signal.signal(sig, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 def user_path(cwd: str, env: dict[str, str], base: list[str]) -> list[str]:
     """sys.path as `python -m ...` started in cwd with env's PYTHONPATH would have it."""
     extra = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
@@ -337,8 +346,7 @@ def supervisor_child(req: dict[str, Any], base_path: list[str]) -> NoReturn:
     cold = [sys.executable, "-m", "workbench.launch", run_dir] + (["--resume"] if resume else [])
     try:
         os.setsid()
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
-            signal.signal(sig, signal.SIG_DFL)
+        default_signals()
         null = os.open(os.devnull, os.O_RDONLY)
         os.dup2(null, 0)
         log = os.open(os.path.join(run_dir, "supervisor.log"), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
@@ -426,9 +434,10 @@ def launcher_child(cmd: list[str], env: dict[str, str], out: int, err: int) -> N
 
 def run_accelerate(cmd: list[str], started: list[bool]) -> int:
     """Run `accelerate launch ARGS` (cmd = python -m accelerate.commands.launch ARGS) in this process, with the
-    ranks forked from it: torchrun's config gets start method "fork" and the worker's main as a function."""
+    ranks forked from it: torchrun's config gets start method "fork" and the worker's main as a function (one
+    process: Accelerate's simple launcher forks it instead of starting a subprocess)."""
+    import accelerate.commands.launch as accelerate_launch
     import torch.distributed.run as torchrun
-    from accelerate.commands.launch import launch_command, launch_command_parser
 
     if cmd[1:3] != ["-m", "accelerate.commands.launch"]:
         raise ValueError(f"not an accelerate launch command: {cmd[:3]}")
@@ -443,10 +452,46 @@ def run_accelerate(cmd: list[str], started: list[bool]) -> int:
         started[0] = True
         return config, rank_main, cmd_args
 
-    torchrun.config_from_args = forked_config  # this forked process's copy of the module only
+    def forked_simple(aargs):  # one process: Accelerate runs it without torchelastic, as a subprocess
+        from accelerate.utils import prepare_simple_launcher_cmd_env
+
+        rank_cmd, rank_env = prepare_simple_launcher_cmd_env(aargs)
+        if cuda_initialised():
+            raise RuntimeError("CUDA is initialised in the launcher: its rank must not be forked from it")
+        started[0] = True
+        code = fork_single_rank(rank_cmd, rank_env)
+        if code != 0:
+            raise subprocess.CalledProcessError(returncode=code, cmd=rank_cmd)
+
+    torchrun.config_from_args = forked_config  # this forked process's copies of the modules only
+    accelerate_launch.simple_launcher = forked_simple
     sys.argv = ["accelerate-launch", *args]
-    launch_command(launch_command_parser().parse_args(args))
+    accelerate_launch.launch_command(accelerate_launch.launch_command_parser().parse_args(args))
     return 0
+
+
+def fork_single_rank(cmd: list[str], env: dict[str, str]) -> int:
+    """A one-process run's rank, forked: `cmd` (python -m workbench.worker ...) run in the child with `env`;
+    returns its exit code as subprocess would (negative: the signal that ended it)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            os.environ.clear()
+            os.environ.update(env)
+            rank_main(*cmd[1:])
+            code = 0
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+        except BaseException:
+            traceback.print_exc()  # as an uncaught exception would; the worker's @record wrote its error file
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+    return ForkedChild(pid).wait()
 
 
 def rank_main(*cmd_args: str) -> None:
@@ -455,6 +500,7 @@ def rank_main(*cmd_args: str) -> None:
 
     from workbench import worker
 
+    default_signals()
     argv = list(cmd_args)
     while argv and argv[0] == "-u":
         argv.pop(0)
