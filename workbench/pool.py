@@ -41,6 +41,7 @@ import importlib
 import json
 import os
 import resource
+import select
 import signal
 import socket
 import subprocess
@@ -300,6 +301,8 @@ class Pool:
             self.stopping = why
             print(f"pool: refused {req.get('run_dir')}: {why}; ending", flush=True)
             return {"refused": why}
+        if client_gone(conn):  # it gave up waiting and launched cold: forking now would start the run twice
+            return {"refused": "the client left"}
         sys.stdout.flush()
         sys.stderr.flush()
         pid = os.fork()
@@ -319,6 +322,19 @@ class Pool:
         except OSError:
             pass
         self.sock.close()
+
+
+def client_gone(conn: socket.socket) -> bool:
+    """True when the client has closed its end (it sends one request, then only waits for the reply)."""
+    ready, _, _ = select.select([conn], [], [], 0)
+    if not ready:
+        return False
+    try:
+        return conn.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True
 
 
 def default_signals() -> None:
