@@ -132,6 +132,11 @@ def test_an_edited_source_file_makes_the_pool_refuse(tmp_path, monkeypatch):
     assert str(mod) in recorded and pool.changed_source(recorded) is None
     mod.write_text("X = 22\n")
     assert pool.changed_source(recorded) == str(mod)
+    # an edit between the import and the recording: the file is newer than the moment the import began
+    stamp = {str(mod): pool.source_files()[str(mod)]}
+    assert pool.edited_since(stamp, time.time() - 60) == str(mod)
+    assert pool.edited_since(stamp, time.time() + 1) is None
+    assert abs(pool.process_started() - time.time()) < 24 * 3600
     sys.modules.pop("wb_pool_probe_mod")
 
 
@@ -153,5 +158,5 @@ def test_no_fork_where_cuda_is_initialised(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
     assert pool.cuda_initialised()
     fake = pool.Pool.__new__(pool.Pool)
-    fake.sources, fake.env, fake.max_rss = {}, {}, float("inf")
+    fake.sources, fake.unsure, fake.env, fake.max_rss = {}, None, {}, float("inf")
     assert "CUDA" in fake.refusal({"env": {}})

@@ -133,6 +133,21 @@ def changed_source(recorded: dict[str, tuple[int, int]]) -> str | None:
     return None
 
 
+def edited_since(stamps: dict[str, tuple[int, int]], since: float) -> str | None:
+    """A source file modified after `since` (seconds): possibly after it was imported, so the code in memory may
+    be older than the file its stamp was taken from. None when every file is older."""
+    return next((path for path, (mtime, _) in stamps.items() if mtime > since * 1e9), None)
+
+
+def process_started() -> float:
+    """When this process started (wall-clock seconds; whole seconds of boot time: at most ~1 s early)."""
+    with open("/proc/self/stat") as f:
+        ticks = int(f.read().rsplit(")", 1)[1].split()[19])  # field 22, starttime, in clock ticks since boot
+    with open("/proc/stat") as f:
+        boot = next(int(line.split()[1]) for line in f if line.startswith("btime"))
+    return boot + ticks / os.sysconf("SC_CLK_TCK")
+
+
 def env_difference(pool_env: dict[str, str], env: dict[str, str]) -> str | None:
     """The first import-time environment variable a run sets differently from the pool, or None."""
     for key in sorted(set(pool_env) | set(env)):
@@ -176,6 +191,8 @@ class Pool:
         self.imports = preload()
         gc.freeze()  # what was imported stays out of the forked processes' collections (fewer copied pages)
         self.sources = source_files()
+        # A file edited while the pool was importing it would be recorded with its new stamp: treat it as stale.
+        self.unsure = edited_since(self.sources, process_started())
         pythonpath = set(filter(None, self.env.get("PYTHONPATH", "").split(os.pathsep)))
         self.base_path = [p for p in sys.path[1:] if p not in pythonpath]  # sys.path[0]: the pool's own folder
         self.max_rss = float(os.environ.get(MAX_MB_ENV, 2048)) * 2**20
@@ -239,9 +256,11 @@ class Pool:
         """While idle: the next module of LATER, and its source files joining those watched."""
         if not self.later:
             return
+        t0 = time.time()
         self.imports.update(preload((self.later.pop(0),)))
-        for path, stamp in source_files().items():
-            self.sources.setdefault(path, stamp)
+        new = {path: stamp for path, stamp in source_files().items() if path not in self.sources}
+        self.sources.update(new)
+        self.unsure = self.unsure or edited_since(new, t0)
         gc.freeze()
 
     def on_signal(self, signum, frame) -> None:
@@ -283,7 +302,7 @@ class Pool:
 
     def refusal(self, req: dict[str, Any]) -> str | None:
         """Why this pool must not fork this run (and should end), or None."""
-        changed = changed_source(self.sources)
+        changed = self.unsure or changed_source(self.sources)
         if changed:
             return f"source changed since the pool started: {changed}"
         key = env_difference(self.env, req["env"])
