@@ -148,6 +148,10 @@ def test_import_time_environment_must_match():
     # the pool turns the hub offline (as the workbench does before importing transformers): unset means the same
     offline = dict(base, HF_DATASETS_OFFLINE="1")
     assert pool.env_difference(offline, {k: v for k, v in offline.items() if not k.startswith("HF_")}) is None
+    assert pool.env_difference(base, dict(base, TORCHELASTIC_SIGNALS_TO_HANDLE="SIGINT")) is None  # read at launch
+    # and a launch with other import-time values is routed to a pool of its own (never ending another's)
+    assert pool_client.pool_key(base) == pool_client.pool_key(dict(base, OMP_NUM_THREADS="2"))
+    assert pool_client.pool_key(base) != pool_client.pool_key(dict(base, HF_HUB_OFFLINE="0"))
 
 
 def test_no_fork_where_cuda_is_initialised(monkeypatch):

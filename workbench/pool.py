@@ -79,16 +79,7 @@ PRELOAD = (
 # only the Hugging Face model families need them, and they should not delay the pool's first warm launch.
 LATER = ("transformers", "peft")
 OPTIONAL = ("datasets", "transformers", "peft")
-# Read once, at import time, by something the pool imported: a run asking for other values must not inherit ours.
-IMPORT_TIME_ENV = ("HF_", "HUGGINGFACE_", "TRANSFORMERS_", "TORCH", "PYTORCH_", "PYTHON", "KMP_", "GOMP_", "MKL_",
-                   "OPENBLAS_", "LD_", "DISABLE_", "TOKENIZERS_", "TF_")  # fmt: skip
-# ... except these, which the forked processes apply themselves (sys.path, set_num_threads) or read at run time
-RUN_TIME_ENV = {"PYTHONPATH", "PYTHONUNBUFFERED", "MKL_NUM_THREADS", "TORCHINDUCTOR_CACHE_DIR", "TORCHELASTIC_ERROR_FILE",
-                "TORCH_ELASTIC_SHUTDOWN_TIMEOUT", "PYTHONWARNINGS", "TORCHELASTIC_RUN_ID"}  # fmt: skip
 MAX_MB_ENV = "WORKBENCH_POOL_MAX_MB"
-# The workbench never touches the network unless asked (workbench.data.files.offline): set before the pool imports
-# datasets and transformers, which read them once, as the ranks do before they import those themselves.
-OFFLINE_DEFAULTS = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
 
 
 def preload(modules: tuple[str, ...] = PRELOAD) -> dict[str, float]:
@@ -149,13 +140,10 @@ def process_started() -> float:
 
 
 def env_difference(pool_env: dict[str, str], env: dict[str, str]) -> str | None:
-    """The first import-time environment variable a run sets differently from the pool, or None."""
-    for key in sorted(set(pool_env) | set(env)):
-        if key in RUN_TIME_ENV or not key.startswith(IMPORT_TIME_ENV):
-            continue
-        if pool_env.get(key) != env.get(key, OFFLINE_DEFAULTS.get(key)):
-            return key
-    return None
+    """The first import-time environment variable a run sets differently from the pool, or None (the pools are
+    keyed by these already: this is the check before a fork, not the routing)."""
+    mine, theirs = pool_client.import_time_env(pool_env), pool_client.import_time_env(env)
+    return next((k for k in sorted(set(mine) | set(theirs)) if mine.get(k) != theirs.get(k)), None)
 
 
 def rss_bytes() -> int:
@@ -185,7 +173,7 @@ class Pool:
     def __init__(self, idle_s: float):
         self.idle_s = idle_s
         self.started = time.time()
-        for key, value in OFFLINE_DEFAULTS.items():
+        for key, value in pool_client.OFFLINE_DEFAULTS.items():
             os.environ.setdefault(key, value)
         self.env = dict(os.environ)
         self.imports = preload()

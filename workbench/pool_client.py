@@ -15,6 +15,7 @@ is how many idle minutes the pool waits before it ends itself.
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import os
@@ -62,22 +63,58 @@ def pool_dir(create: bool = True) -> str | None:
     return path
 
 
-def pool_key() -> str:
-    """One pool per interpreter and checkout: a short hash of both (and Python's version)."""
+# Environment variables read once, at import time, by something the pool imports (HF_HUB_OFFLINE by huggingface_hub,
+# TORCHINDUCTOR_* by inductor's config, PYTHONHASHSEED by Python itself, ...): a run must get a pool that imported
+# with the values it has. Except those the forked processes apply themselves (sys.path, set_num_threads) or that
+# are read at run time.
+IMPORT_TIME_ENV = ("HF_", "HUGGINGFACE_", "TRANSFORMERS_", "TORCH", "PYTORCH_", "PYTHON", "KMP_", "GOMP_", "MKL_",
+                   "OPENBLAS_", "LD_", "DISABLE_", "TOKENIZERS_", "TF_")  # fmt: skip
+RUN_TIME_ENV = {"PYTHONPATH", "PYTHONUNBUFFERED", "MKL_NUM_THREADS", "TORCHINDUCTOR_CACHE_DIR", "PYTHONWARNINGS"}
+RUN_TIME_PREFIXES = ("TORCHELASTIC_", "TORCH_ELASTIC_")  # torchelastic reads its settings when it launches
+# The workbench never touches the network unless asked (workbench.data.files.offline): the pool sets these before
+# it imports datasets and transformers, as the ranks do before they import those themselves.
+OFFLINE_DEFAULTS = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+
+
+def import_time_env(env: dict[str, str] | os._Environ) -> dict[str, str]:
+    """The variables of env that are read at import time, with the offline defaults filled in."""
+    out = {k: v for k, v in env.items()
+           if k.startswith(IMPORT_TIME_ENV) and k not in RUN_TIME_ENV and not k.startswith(RUN_TIME_PREFIXES)}  # fmt: skip
+    for key, value in OFFLINE_DEFAULTS.items():
+        out.setdefault(key, value)
+    return out
+
+
+def checkout_key() -> str:
+    """A short hash of the interpreter, this checkout and Python's version."""
     ident = f"{os.path.realpath(sys.executable)}|{SOURCE_DIR}|{sys.version}"
     return hashlib.sha1(ident.encode()).hexdigest()[:12]
 
 
-def pool_file(suffix: str) -> str | None:
+def pool_key(env: dict[str, str] | None = None) -> str:
+    """One pool per interpreter, checkout and import-time environment (env: the launch's; default this process's),
+    so runs with other HF_* or TORCH* settings get a pool of their own instead of ending each other's."""
+    wanted = json.dumps(sorted(import_time_env(os.environ if env is None else env).items()))
+    return f"{checkout_key()}-{hashlib.sha1(wanted.encode()).hexdigest()[:8]}"
+
+
+def pool_file(suffix: str, env: dict[str, str] | None = None) -> str | None:
     """pool_dir()/pool-<key>.<suffix> (sock, pid, lock, log), or None when the folder is unusable."""
     d = pool_dir()
-    return os.path.join(d, f"pool-{pool_key()}.{suffix}") if d else None
+    return os.path.join(d, f"pool-{pool_key(env)}.{suffix}") if d else None
 
 
-def call(msg: dict[str, Any], timeout: float = REPLY_TIMEOUT_S) -> dict[str, Any] | None:
-    """Send one request to the pool and return its reply; None when no pool answers."""
-    path = pool_file("sock")
-    if path is None or not os.path.exists(path):
+def call(
+    msg: dict[str, Any], timeout: float = REPLY_TIMEOUT_S, env: dict[str, str] | None = None
+) -> dict[str, Any] | None:
+    """Send one request to the pool (of env's key) and return its reply; None when no pool answers."""
+    path = pool_file("sock", env)
+    return call_socket(path, msg, timeout) if path else None
+
+
+def call_socket(path: str, msg: dict[str, Any], timeout: float) -> dict[str, Any] | None:
+    """One request to the pool listening on path, and its reply; None when nothing answers."""
+    if not os.path.exists(path):
         return None
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
@@ -96,9 +133,9 @@ def call(msg: dict[str, Any], timeout: float = REPLY_TIMEOUT_S) -> dict[str, Any
     return reply if isinstance(reply, dict) else None
 
 
-def pool_pid() -> int | None:
-    """PID of this checkout's pool process (starting or ready), or None."""
-    path = pool_file("pid")
+def pool_pid(env: dict[str, str] | None = None, path: str | None = None) -> int | None:
+    """PID of the pool process (starting or ready) for env (or of the PID file at path), or None."""
+    path = path or pool_file("pid", env)
     try:
         with open(path or "") as f:
             pid = int(f.read().split()[0])
@@ -119,9 +156,9 @@ def warm_up(env: dict[str, str] | None = None) -> int | None:
     The pool imports torch and the worker once (seconds of CPU), in its own session, with the given environment
     (the launching process's), in the pool folder (so no user folder is on its path).
     """
-    if not enabled() or pool_pid() is not None:
+    if not enabled() or pool_pid(env) is not None:
         return None
-    log_path, d = pool_file("log"), pool_dir()
+    log_path, d = pool_file("log", env), pool_dir()
     if log_path is None or d is None:
         return None
     with open(log_path, "ab") as log:
@@ -137,16 +174,16 @@ def warm_up(env: dict[str, str] | None = None) -> int | None:
     return proc.pid
 
 
-def wait_ready(timeout: float) -> bool:
+def wait_ready(timeout: float, env: dict[str, str] | None = None) -> bool:
     """Wait up to timeout seconds for a starting pool to answer; False when none is starting or it never does.
 
     A pool process just started writes its PID file within a moment: none after 5 s means none is starting.
     """
     t0 = time.monotonic()
     while time.monotonic() - t0 < timeout:
-        if call({"op": "ping"}, timeout=2.0) is not None:
+        if call({"op": "ping"}, timeout=2.0, env=env) is not None:
             return True
-        if pool_pid() is None and time.monotonic() - t0 > 5.0:
+        if pool_pid(env) is None and time.monotonic() - t0 > 5.0:
             return False
         time.sleep(0.05)
     return False
@@ -189,28 +226,29 @@ def start_supervisor(run_dir: str, resume: bool, env: dict[str, str]) -> ForkedP
     if not enabled():
         return None
     msg = {"op": "launch", "run_dir": run_dir, "resume": bool(resume), "env": env, "cwd": os.getcwd()}
-    reply = call(msg)
-    if reply is None and pool_pid() is not None and wait_ready(STARTING_WAIT_S):
-        reply = call(msg)
+    reply = call(msg, env=env)
+    if reply is None and pool_pid(env) is not None and wait_ready(STARTING_WAIT_S, env):
+        reply = call(msg, env=env)
     if reply is None or not isinstance(reply.get("pid"), int):
         return None
     return ForkedProcess(reply["pid"])
 
 
 def stop_pool(timeout: float = 10.0) -> bool:
-    """Ask the pool to end (``workbench pool stop``); True when one was running and has gone."""
-    pid = pool_pid()
-    if call({"op": "stop"}, timeout=5.0) is None:
-        if pid is None:
-            return False
-        try:  # still importing, or not answering: its SIGTERM handler ends it
-            os.kill(pid, signal.SIGTERM)
-        except OSError:
-            pass
+    """End every pool of this checkout (``workbench pool stop``); True when one was running and all have gone."""
+    d = pool_dir()
+    pid_files = glob.glob(os.path.join(d, f"pool-{checkout_key()}-*.pid")) if d else []
+    live = [(path, pid) for path, pid in ((p, pool_pid(path=p)) for p in pid_files) if pid is not None]
+    for pid_file, pid in live:
+        if call_socket(pid_file[: -len(".pid")] + ".sock", {"op": "stop"}, 5.0) is None:
+            try:  # still importing, or not answering: its SIGTERM handler ends it
+                os.kill(pid, signal.SIGTERM)
+            except OSError:
+                pass
     t0 = time.monotonic()
-    while pool_pid() is not None and time.monotonic() - t0 < timeout:
+    while any(pool_pid(path=p) for p in pid_files) and time.monotonic() - t0 < timeout:
         time.sleep(0.05)
-    return pool_pid() is None
+    return bool(live) and not any(pool_pid(path=p) for p in pid_files)
 
 
 def pool_info() -> dict[str, Any] | None:
