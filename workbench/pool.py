@@ -79,6 +79,7 @@ PRELOAD = (
 # only the Hugging Face model families need them, and they should not delay the pool's first warm launch.
 LATER = ("transformers", "peft")
 OPTIONAL = ("datasets", "transformers", "peft")
+LATER_AFTER_IDLE_S = 5.0  # ... after this long without a request (a sweep's back-to-back launches never wait)
 MAX_MB_ENV = "WORKBENCH_POOL_MAX_MB"
 
 
@@ -186,7 +187,7 @@ class Pool:
         self.max_rss = float(os.environ.get(MAX_MB_ENV, 2048)) * 2**20
         self.forked, self.last_launch, self.stopping = 0, time.monotonic(), ""
         self.children: set[int] = set()  # supervisors forked and not yet reaped
-        self.later = list(LATER)
+        self.later, self.last_request = list(LATER), time.monotonic()
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         path = pool_client.pool_file("sock") or ""
         if os.path.exists(path):
@@ -233,10 +234,12 @@ class Pool:
             try:
                 conn, _ = self.sock.accept()
             except (TimeoutError, InterruptedError):
-                self.import_later()
+                if time.monotonic() - self.last_request > LATER_AFTER_IDLE_S:
+                    self.import_later()
                 continue
             with conn:
                 self.handle(conn)
+            self.last_request = time.monotonic()
         self.close()
         return self.stopping
 
