@@ -20,8 +20,9 @@ tests run on this path). Never stale: before each fork the pool compares the mod
 source file it imported with what they were when it started; one changed (an edit of the workbench, a pip
 upgrade) and it refuses, ends itself, and the launch goes cold (a fresh pool starts after that run's first
 metric). Users' own modules (model.arch, data.source) are never imported here: each run's ranks import them.
-An environment variable that is read at import time (HF_*, TORCH*, PYTHON*, ...) different from the pool's also
-makes it refuse. Anything that fails before the ranks are forked falls back to exec'ing the cold command.
+Pools are keyed by the environment variables read at import time (HF_*, TORCH*, PYTHON*, ...:
+pool_client.import_time_env), so a launch reaches a pool that imported with its values; one that differs anyway
+is refused. Anything that fails before the ranks are forked falls back to exec'ing the cold command.
 
 Only CPU runs (gloo) go warm: on a GPU the launch validation asks CUDA about bf16, which would initialise CUDA in
 the process that forks the ranks (forked children cannot use it then). GPU runs take the cold path.
