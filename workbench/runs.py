@@ -65,8 +65,9 @@ def kill_workers(run_dir: str) -> list[int]:
     for pid in worker_pids(run_dir).values():
         try:
             with open(f"/proc/{pid}/cmdline", "rb") as fh:
-                if b"workbench.worker" not in fh.read():
-                    continue
+                cmdline = fh.read()
+            if b"workbench.worker" not in cmdline and b"workbench.pool" not in cmdline:  # cold, or warm (forked)
+                continue
             os.kill(pid, signal.SIGKILL)
             killed.append(pid)
         except (OSError, ValueError):
