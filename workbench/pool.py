@@ -51,7 +51,7 @@ import time
 import traceback
 from typing import Any, NoReturn
 
-from workbench import pool_client
+from workbench import elastic_fork, pool_client
 
 # What a quickstart rank imports before its first step (torch._dynamo: DDP's constructor and torch.optim's first
 # parameter group import it; the workbench parts: the worker's setup). transformers and peft only when installed.
@@ -492,6 +492,7 @@ def run_accelerate(cmd: list[str], started: list[bool]) -> int:
 
     torchrun.config_from_args = forked_config  # this forked process's copies of the modules only
     accelerate_launch.simple_launcher = forked_simple
+    elastic_fork.report_every_failure()  # a killed rank is named even when its peer's error came first
     sys.argv = ["accelerate-launch", *args]
     accelerate_launch.launch_command(accelerate_launch.launch_command_parser().parse_args(args))
     return 0
