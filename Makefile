@@ -1,4 +1,4 @@
-# Two front-door commands (README):  make demo   |   make test
+# Three front-door commands (README):  make demo   |   make lab   |   make test
 # Both create .venv with the CPU build of torch on CPU machines (an unpinned torch pulls a multi-GB CUDA build).
 PYTHON ?= python3
 VENV ?= .venv
@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # On a GPU machine: make demo TORCH="torch" (any CUDA build >= 2.6)
 TORCH ?= torch==2.13.0
 
-.PHONY: install dev demo test lint format browser clean bench gpu-check
+.PHONY: install dev demo lab test lint format browser clean bench gpu-check
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,14 @@ dev: $(BIN)/python
 
 demo: install
 	$(BIN)/workbench demo
+
+# JupyterLab from the venv, on 127.0.0.1 only, over the project, opening the quickstart notebook (Ctrl-C ends it).
+# The venv's bin on PATH: the notebooks' kernels call the `workbench` and `accelerate` commands.
+LAB_PORT ?= 8888
+lab: install
+	$(BIN)/pip install -q -e ".[lab]"
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/jupyter lab --ip 127.0.0.1 --port $(LAB_PORT) \
+		--ServerApp.root_dir="$(CURDIR)" notebooks/00_quickstart.ipynb
 
 lint: dev
 	$(BIN)/ruff check .

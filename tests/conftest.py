@@ -44,6 +44,7 @@ def pytest_configure(config):
     # spin while they wait for each other (measured on 2 cores under load: a 20-step 1-process quickstart run,
     # 14.1 s of CPU with 2 threads against 3.3 s with 1). Ranks follow it: launch() keeps a caller's count.
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+    start_warm_pool()
     if os.environ.get("WORKBENCH_CACHE_DIR"):
         return
     import tempfile
@@ -53,6 +54,31 @@ def pytest_configure(config):
 
     for threads in (1, 2):  # one per process under 2-process launches, both cores for one process
         cpu_peak_flops("fp32", threads=threads)
+
+
+SESSION_POOL: list[str] = []  # the pool folder this (controlling) process made, if any
+
+
+def start_warm_pool() -> None:
+    """The session's own warm pool (workbench/pool.py), in a folder of its own: the suite's launches fork from it,
+    with the session's environment, and the user's pool is never stopped or used here. Started now, so it is
+    importing while the first tests run; stopped when the session ends (pytest_unconfigure)."""
+    import tempfile
+
+    from workbench import pool_client
+
+    if not pool_client.enabled():
+        return
+    os.environ[pool_client.DIR_ENV] = tempfile.mkdtemp(prefix="wb-test-pool-")
+    SESSION_POOL.append(os.environ[pool_client.DIR_ENV])
+    pool_client.warm_up()
+
+
+def pytest_unconfigure(config):
+    if SESSION_POOL and not hasattr(config, "workerinput"):
+        from workbench import pool_client
+
+        pool_client.stop_pool()
 
 
 # The files that train the most, slowest first (wall seconds each, measured with `pytest -n 3 --durations` on

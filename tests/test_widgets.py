@@ -5,6 +5,7 @@ the 2,000-point bound, the redraw throttle, status on failure, Stop); Compare's 
 from __future__ import annotations
 
 import html
+import importlib
 import json
 import math
 import os
@@ -24,7 +25,7 @@ import workbench.config as C
 from widgets import Compare, ConfigPanel, Dashboard, Workbench
 from widgets.config_panel import ChoiceButtons, leaf_keys
 from widgets.downsample import lttb, minmax
-from widgets.panel_rules import strategy_rules
+from widgets.panel_rules import SET, strategy_rules
 from workbench.config import ConfigError, DeviceInfo
 
 QUICKSTART_YAML = os.path.join(
@@ -237,7 +238,21 @@ def test_panel_strategy_rules_agree_with_validate(quickstart):
     keys = {k for k, _, _ in leaf_keys(quickstart)}
     for key, (setting, values, reason) in rules.relevant_when.items():
         assert key in keys and setting in keys and values, key
-        assert reason == f"used when {setting} is {' or '.join(values)}"
+        assert reason == (f"used when {setting} is set" if values == (SET,) else
+                          f"used when {setting} is {' or '.join(values)}")  # fmt: skip
+
+
+def test_distillation_keys_greyed_without_a_teacher(quickstart, workdir):
+    """distill.temperature / distill.alpha matter only with a teacher: greyed like every other unused key."""
+    panel = ConfigPanel(quickstart, devices=CPU2)
+    for key in ("distill.temperature", "distill.alpha"):
+        assert panel.controls[key].disabled and "used when distill.teacher is set" in panel.notes[key].value
+    panel.controls["distill.teacher"].value = "runs/teacher"  # not a run folder (yet): a problem, keys enabled
+    assert [p.key for p in panel.problems] == ["distill.teacher"]
+    for key in ("distill.temperature", "distill.alpha"):
+        assert not panel.controls[key].disabled and "used when" not in panel.notes[key].value
+    panel.controls["distill.teacher"].value = ""
+    assert panel.controls["distill.alpha"].disabled
 
 
 def test_validation_messages_inline_and_launch_disabled(quickstart, workdir):
@@ -358,7 +373,12 @@ def test_plan_chart_follows_the_config(quickstart, monkeypatch):
     for t in panel.plan_fig.data:
         assert list(t.y) == [getattr(r, t.name) for r in p.ranks]
     assert panel.plan_fig.layout.barmode == "stack"
-    assert panel.plan_fig.layout.shapes[0].y0 == p.device_memory_bytes
+    # this machine's RAM is far above a tiny model's bars: a linear axis fitted to the bars, the RAM named
+    top = max(r.total_bytes for r in p.ranks)
+    assert p.device_memory_bytes > 5 * top and panel.plan_fig.layout.yaxis.type == "linear"
+    assert panel.plan_fig.layout.shapes == () and tuple(panel.plan_fig.layout.yaxis.range) == (0, 1.1 * top)
+    [note] = panel.plan_fig.layout.annotations
+    assert note.text.startswith("device memory ") and "off the scale" in note.text
     before = panel.plan.ranks[0].activation_bytes
     panel.controls["micro_batch_size"].value = 16
     assert panel.plan.ranks[0].activation_bytes > before  # redrawn on the change
@@ -367,12 +387,47 @@ def test_plan_chart_follows_the_config(quickstart, monkeypatch):
     assert panel.plan_device.value == "this machine"
     panel.plan_device.value = "h100"
     assert "H100" in panel.plan_fig.layout.title.text
-    assert panel.plan_fig.layout.shapes[0].y0 == wb.plan(panel.config, device="h100").device_memory_bytes
+    # GPT-2 small on a T4: the device's memory is in reach, drawn as a line on the same linear axis
+    panel.preset.value = "gpt2-small"
+    panel.plan_device.value = "t4"
+    t4 = wb.plan(panel.config, device="t4")
+    assert panel.plan_fig.layout.shapes[0].y0 == t4.device_memory_bytes
+    assert (
+        panel.plan_fig.layout.yaxis.type == "linear" and panel.plan_fig.layout.yaxis.range[1] >= t4.device_memory_bytes
+    )
+    # the verdict reads aloud: counts rounded, the peak's provenance behind a details toggle only
+    assert f"largest micro_batch_size that fits: {t4.max_micro_batch_size}" in panel.plan_html.value
+    estimate = panel.plan_html.value.split("<details>")[0].split("estimate:")[1]
+    assert "data sheet" not in estimate and "e+" not in estimate and " s per step" in estimate
+    assert "<details><summary" in panel.plan_html.value and "data sheet (NVIDIA T4" in panel.plan_html.value
     # without the planner module the panel still works and says so
     monkeypatch.setitem(sys.modules, "workbench.plan", None)
     panel.controls["micro_batch_size"].value = 8
     assert panel.plan_fig.layout.title.text == "plan unavailable" and "plan unavailable" in panel.plan_html.value
     assert panel.config.micro_batch_size == 8
+
+
+def test_plan_numbers_read_aloud():
+    from widgets.fmt import fmt_count, fmt_step_time
+
+    assert [fmt_count(n) for n in (0, 512, 999, 1000, 20_986, 21_000, 84_575, 999_999, 1 << 23)] == [
+        "0", "512", "999", "1,000", "about 21,000", "21,000", "about 85,000", "about 1,000,000", "over 1,000,000"
+    ]  # fmt: skip
+    assert [fmt_step_time(s) for s in (0.05275, 0.0004, 1.234, 6.5, 42.0, 125.0)] == [
+        "52.8 ms", "0.4 ms", "1.2 s", "6.5 s", "42 s", "2:05"
+    ]  # fmt: skip
+
+
+def test_plan_of_this_machine_hides_the_measurement_jargon(quickstart):
+    panel = ConfigPanel(quickstart, devices=CPU2)
+    p = panel.plan
+    line = panel.plan_html.value
+    shown = line.split("<details>")[0]
+    text = shown[: shown.index("<span title=")] + shown[shown.index("'>", shown.index("<span title=")) + 2 :]
+    assert "best of" not in text and "thread(s)" not in text and "+00:00" not in text
+    assert p.peak_flops_source.split(" (")[0] in line.split("<details>")[1]  # provenance kept, behind the toggle
+    if p.max_micro_batch_size >= 1000:
+        assert f"{round(p.max_micro_batch_size, -(len(str(p.max_micro_batch_size)) - 2)):,}" in text
 
 
 def test_panel_updates_fast(quickstart):
@@ -700,11 +755,132 @@ def test_workbench_launch_button_runs_and_follows(small, workdir):
     assert bench.dashboard.wait(30)
     assert len(bench.dashboard.loss_fig.data[0].x) == 10
     assert "finished" in bench.dashboard.status_html.value
-    # the folder is taken now: Launch waits for another name or overwrite
-    assert bench.panel.launch_button.disabled and [p.key for p in bench.panel.problems] == ["name"]
-    bench.panel.controls["name"].value = "wb-run-2"
-    assert not bench.panel.launch_button.disabled
+    # the folder is taken now: the panel moved on to the next free name, and lists no problem
+    assert bench.panel.problems == [] and not bench.panel.launch_button.disabled
+    assert bench.panel.controls["name"].value == "wb-run-2"
     assert "wb-run" in [label for label, _ in bench.compare.picker.options]
+
+
+def test_panel_after_its_own_launch_lists_no_problem_and_moves_to_a_free_name(quickstart, workdir, monkeypatch):
+    """Launch never leaves a red "already exists" for the run it just started; a taken name typed by hand says
+    how to reuse it in the panel's own controls (the Python API keeps its keywords)."""
+    L = importlib.import_module("workbench.launch")  # the module (workbench.launch is also the function)
+
+    started = []
+
+    def fake_launch(cfg, overwrite=False, resume=False):  # the run folder, and no process
+        os.makedirs(cfg.run_dir, exist_ok=overwrite or resume)
+        started.append((cfg.name, overwrite, resume))
+        return wb.Run(cfg.run_dir)
+
+    monkeypatch.setattr(L, "launch", fake_launch)
+    panel = ConfigPanel(quickstart.override({"name": "door"}), devices=CPU2)
+    assert panel.launch() is not None
+    assert panel.problems == [] and not panel.launch_button.disabled and "no problems" in panel.problems_html.value
+    assert panel.controls["name"].value == "door-2" and "<code>door-2</code>" in panel.launch_msg.value
+    panel.launch()
+    panel.launch()
+    assert [n for n, _, _ in started] == ["door", "door-2", "door-3"]
+    assert panel.controls["name"].value == "door-4"
+    panel.controls["name"].value = "door-2"  # back to a taken folder, by hand
+    [problem] = panel.problems
+    assert problem.key == "name" and "tick resume" in problem.message and "tick overwrite" in problem.message
+    assert "=True" not in problem.message and "tick resume" in panel.messages["name"].value
+    panel.overwrite.value = True
+    assert panel.problems == []
+    panel.launch()
+    assert started[-1] == ("door-2", True, False) and not panel.overwrite.value
+    assert panel.controls["name"].value == "door-4"
+    [api] = L.check_launchable(quickstart.override({"name": "door"}))
+    assert "ask for resume=True" in api.message and "or overwrite=True (delete it)" in api.message
+
+
+def test_next_free_name_counts_on(workdir):
+    from workbench.runs import next_free_name
+
+    assert next_free_name("runs", "a") == "a"
+    os.makedirs("runs/a")
+    assert next_free_name("runs", "a") == "a-2"
+    os.makedirs("runs/a-2")
+    os.makedirs("runs/a-9")
+    assert next_free_name("runs", "a") == "a-3"
+    assert next_free_name("runs", "a-9") == "a-10"
+    assert next_free_name("runs", "a-2") == "a-3"
+
+
+def test_dashboard_shows_the_start_up_instead_of_placeholder_axes(quickstart, workdir):
+    """Before the first metric event: no invented axes, the phase and its seconds in the status line and figures."""
+    db = Dashboard()
+    assert db.loss_fig.layout.xaxis.visible is False and db.loss_fig.layout.annotations[0].text == "no run"
+    path = os.path.abspath("runs/st")
+    run = write_run(path, quickstart.override({"parallel.num_processes": 2}), [], state="running",
+                    started=time.time(), supervisor_pid=os.getpid(), host=os.uname().nodename)  # fmt: skip
+    os.utime(os.path.join(path, "config.yaml"), (time.time() - 4, time.time() - 4))
+    db.set_run(run)
+    db._stop_following()
+    db.update_status()
+    assert "starting 2 processes" in db.status_html.value and " 4 s" in db.status_html.value
+    for fig in (db.loss_fig, db.throughput_fig, db.memory_fig):
+        assert fig.layout.yaxis.visible is False and tuple(fig.layout.yaxis.range) == (0, 1)
+        assert fig.layout.annotations[0].text.startswith("starting 2 processes") and fig.layout.showlegend is False
+    with open(os.path.join(path, ".rank0.pid"), "w") as f:
+        f.write(str(os.getpid()))
+    with open(os.path.join(path, ".rank1.pid"), "w") as f:
+        f.write(str(os.getpid()))
+    db.update_status()
+    assert "2 processes up: building the model" in db.status_html.value
+    with open(os.path.join(path, "metrics.jsonl"), "w") as f:  # the first event: the axes come back
+        f.write(json.dumps(events_of(1)[0]) + "\n")
+    db._ingest(db._reader.new_metrics())
+    db.redraw()
+    db.update_status()
+    assert (
+        db.loss_fig.layout.xaxis.visible and db.loss_fig.layout.annotations == () and "step 1" in db.status_html.value
+    )
+
+
+def test_mfu_axis_reads_the_tokens_per_s_curve_in_percent(quickstart, workdir):
+    evs = events_of(30)
+    for e in evs:
+        e["mfu"] = e["tokens_per_s"] * 9.32e-5  # MFU is proportional to tokens/s
+    db = Dashboard(write_run(os.path.abspath("runs/mfu"), quickstart, evs))
+    lay = db.throughput_fig.layout
+    lo, hi = lay.yaxis.range
+    lo2, hi2 = lay.yaxis2.range
+    assert lo == lo2 == 0 and hi == pytest.approx(1.1 * max(e["tokens_per_s"] for e in evs))
+    assert hi2 == pytest.approx(hi * 9.32e-3) and lay.yaxis2.ticksuffix == "%" and lay.yaxis2.tickmode == "auto"
+    # every legend entry is drawn: MFU's dotted line on tokens/s's solid one (the same curve on these axes)
+    entries = [t for t in db.throughput_fig.data if t.showlegend is not False]
+    assert [t.name for t in entries] == ["tokens_per_s (smoothed)", "mfu (smoothed)"]
+    assert entries[1].line.dash == "dot" and entries[0].line.dash is None
+    assert all(t.opacity == 1.0 and len(t.y) == 30 for t in entries)
+    # no MFU (no peak known): the right axis goes, not a guess
+    for e in evs:
+        del e["mfu"]
+    db2 = Dashboard(write_run(os.path.abspath("runs/nomfu"), quickstart, evs))
+    assert db2.throughput_fig.layout.yaxis2.visible is False
+
+
+def test_tensorboard_link_opens_on_the_loss_and_goes_through_jupyter(monkeypatch):
+    import urllib.parse
+
+    import widgets.tensorboard as T
+
+    url = "http://127.0.0.1:6123/"
+    local = T.browser_url(url, None)
+    assert local.startswith(url + "?pinnedCards=") and local.endswith("#timeseries")
+    pins = json.loads(urllib.parse.unquote(local.split("pinnedCards=")[1].split("#")[0]))
+    assert pins == [{"plugin": "scalars", "tag": "loss"}, {"plugin": "scalars", "tag": "eval_loss"}]
+    assert T.browser_url(url, "/user/ada/").startswith("/user/ada/proxy/6123/?pinnedCards=")
+    assert T.browser_url(url, "/").startswith("/proxy/6123/?")
+    # the Jupyter server is the kernel's parent; without jupyter-server-proxy there is no proxy to use
+    monkeypatch.setattr("jupyter_server.serverapp.list_running_servers",
+                        lambda: iter([{"pid": os.getppid(), "base_url": "/lab-here/"}]))  # fmt: skip
+    real = T.importlib.util.find_spec
+    monkeypatch.setattr(T.importlib.util, "find_spec", lambda n: object() if n == "jupyter_server_proxy" else real(n))
+    assert T.jupyter_base_url() == "/lab-here/"
+    monkeypatch.setattr(T.importlib.util, "find_spec", lambda n: None if n == "jupyter_server_proxy" else real(n))
+    assert T.jupyter_base_url() is None
 
 
 def test_tensorboard_button_serves_the_runs_folder(quickstart, workdir):
@@ -715,6 +891,7 @@ def test_tensorboard_button_serves_the_runs_folder(quickstart, workdir):
     try:
         url = tb.start(wait=True)
         assert url.startswith("http://127.0.0.1:") and tb.url == url and url in tb.link.value
+        assert tb.browser_url.endswith("#timeseries") and "pinnedCards" in tb.link.value
         assert tb.start() == url  # once: a second click reuses the server
         port = int(url.rsplit(":", 1)[1].strip("/"))
         # listening on 127.0.0.1 only

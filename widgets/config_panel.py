@@ -47,6 +47,10 @@ from widgets.plan_view import PlanChart, derived_table, derived_values
 from widgets.problems_view import show_problems
 from workbench import prelaunch
 from workbench.config import ConfigError, DeviceInfo, Problem, RunConfig
+from workbench.runs import next_free_name
+
+# how a run-folder problem names the two ways out, in this panel's own controls
+PANEL_ASKS = ("tick resume", "tick overwrite")
 
 # names other modules and notebooks import from here
 __all__ = ["ChoiceButtons", "ConfigPanel", "LogSliderText", "PRESETS", "flat", "leaf_keys", "max_processes"]
@@ -101,7 +105,7 @@ class ConfigPanel(W.VBox):
         )  # fmt: skip
         self._set_n_head_options(self._base.model.d_model)
         self._updating = True
-        self.preset.value = self._matching_preset()
+        self.preset.value = self._matching_preset(self._base)
         self._updating = False
         self._update()
 
@@ -179,7 +183,7 @@ class ConfigPanel(W.VBox):
                 if key in self.controls:
                     self._set_n_head_options(cfg.model.d_model, key == "model.n_head" and value)
                     show_value(self.controls[key], self.kinds[key], value)
-            self.preset.value = self._matching_preset()
+            self.preset.value = self._matching_preset(cfg)
         finally:
             self._updating = False
         self._update()
@@ -228,11 +232,15 @@ class ConfigPanel(W.VBox):
             key = next((k for k, c in self.controls.items() if change is not None and c is change.get("owner")), None)
             if key == "model.d_model":
                 self._set_n_head_options(self.controls["model.d_model"].value)
-            if key in PRESET_KEYS:
-                self.preset.value = self._matching_preset()
         finally:
             self._updating = False
         self._update()
+        if key in (*PRESET_KEYS, "model.arch", "model.hf_config") and self._cfg is not None:
+            self._updating = True
+            try:
+                self.preset.value = self._matching_preset(self._cfg)
+            finally:
+                self._updating = False
         self.last_update_s = time.perf_counter() - t0
 
     def _on_preset(self, change: Any) -> None:
@@ -252,8 +260,9 @@ class ConfigPanel(W.VBox):
         self._update()
         self.last_update_s = time.perf_counter() - t0
 
-    def _matching_preset(self) -> str:
-        return matching_preset(tuple(self.controls[k].value for k in PRESET_KEYS))
+    def _matching_preset(self, cfg: RunConfig) -> str:
+        m = cfg.model
+        return matching_preset((m.n_layer, m.n_head, m.d_model, m.seq_len), m.arch, m.hf_config)
 
     def _set_n_head_options(self, d_model: Any, keep: Any = None) -> None:
         """n_head offers the head counts that divide d_model (and keeps the current one)."""
@@ -280,7 +289,9 @@ class ConfigPanel(W.VBox):
                 # the run-folder checks of launch() (the name is taken; resume without a checkpoint); their
                 # validation part runs against the detected devices, which the panel has already done for its own
                 detected = set(prelaunch.problems(cfg))
-                launch_problems = check_launchable(cfg, overwrite=self.overwrite.value, resume=self.resume.value)
+                launch_problems = check_launchable(
+                    cfg, overwrite=self.overwrite.value, resume=self.resume.value, asks=PANEL_ASKS
+                )
                 problems = [p for p in launch_problems if p not in detected]
         self._cfg, self._problems = cfg, problems
         show_problems(problems, self.messages, self.problems_html)
@@ -321,11 +332,23 @@ class ConfigPanel(W.VBox):
             self.launch_msg.value = f"<span style='color:#d62728'>{html.escape(str(e))}</span>"
             return None
         self.run = run
-        self.launch_msg.value = f"launched <code>{html.escape(run.path)}</code>"
-        with self.hold_sync():
+        # The folder is taken now: the next Launch gets a fresh name rather than a red "already exists" for the
+        # run just started; the message says how to come back to this folder.
+        name = self._cfg.name
+        fresh = next_free_name(self._cfg.runs_dir, name)
+        self._updating = True
+        try:
             self.overwrite.value = False
             self.resume.value = False
-        self._update()  # the folder exists now: launching the same name again needs overwrite or resume
+            self.set("name", fresh)
+        finally:
+            self._updating = False
+        self.launch_msg.value = (
+            f"launched <code>{html.escape(run.path)}</code>; the next Launch is named "
+            f"<code>{html.escape(fresh)}</code> (to continue this run later, set name back to "
+            f"<code>{html.escape(name)}</code> and tick resume)"
+        )
+        self._update()
         for cb in self._launch_callbacks:
             cb(run)
         return run

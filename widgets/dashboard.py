@@ -45,6 +45,7 @@ from widgets.figures import (
     figure,
     line,
     metric_traces,
+    show_placeholder,
     smoothed_name,
     trace,
 )
@@ -52,7 +53,7 @@ from widgets.fmt import fmt_bytes, fmt_duration
 from widgets.smoothing import EMA
 from widgets.tensorboard import TensorBoardButton
 from widgets.timeline import breakdown_figure, timeline_figure
-from workbench.metrics_schema import EVAL, Metric, figure_metrics
+from workbench.metrics_schema import BY_KEY, EVAL, Metric, figure_metrics
 from workbench.profiling import load_profile
 from workbench.runs import TERMINAL, Run
 
@@ -109,6 +110,8 @@ class Dashboard(W.VBox):
             c.observe(lambda _: self.redraw(), names="value")
 
         grid = self._build_figures()
+        self._placeholders: dict[str, str | None] = {}  # figure attribute -> the text it shows instead of data
+        self._show_placeholders("no run")
         header = W.HBox([self.status_html, self.stop_button, self.tensorboard], layout=W.Layout(align_items="center"))
         controls = W.HBox([self.x_axis, self.smoothing, self.log_y], layout=W.Layout(align_items="center"))
         self.profile: dict[str, Any] | None = None  # the run's profile/summary.json, once written
@@ -301,6 +304,11 @@ class Dashboard(W.VBox):
             if s.has_comm:
                 self._draw_comm()
                 points += len(s.comm_last)
+            if len(s):
+                self._show_placeholders(None)
+                self._lock_mfu_axis()
+            else:
+                self._show_placeholders(self._waiting_text())
             now = time.time()
             self.latencies.extend(now - t for t in self._pending_times)
             self._pending_times = []
@@ -332,6 +340,44 @@ class Dashboard(W.VBox):
                 put(trace(fig, smoothed_name(m.key)), x, sm if scale is None else scale * sm)
             else:
                 put(trace(fig, m.key), x, ys if scale is None else scale * ys)
+
+    def _show_placeholders(self, text: str | None) -> None:
+        """Each figure of the grid shows text instead of axes (None: the data), sent only when it changes."""
+        for name in (*SERIES_FIGURES, "memory"):
+            if self._placeholders.get(name, "") != text:
+                fig = self.series_figure(name)
+                with fig.batch_update():
+                    show_placeholder(fig, text)
+                self._placeholders[name] = text
+
+    def _waiting_text(self) -> str:
+        """What the figures say before the run's first metric event: the start-up phase and its seconds."""
+        if self.run is None:
+            return "no run"
+        start = self.run.startup()
+        if start is None:
+            return f"{self.run.status}: no metric events" if self.run.done else "waiting for the first metric event"
+        phase, secs = start
+        return f"{phase} · {secs:.0f} s"
+
+    def _lock_mfu_axis(self) -> None:
+        """MFU = tokens/s x FLOPs per token / peak: the right axis is the left one times that ratio (the last
+        event's, as the peak may be re-measured), both from 0, so the MFU axis reads the tokens/s curve and
+        its ticks are plotly's round percentages. Without MFU (no peak known) the right axis is hidden."""
+        s, fig = self._store, self.throughput_fig
+        tps = np.asarray(s.cols["tokens_per_s"], dtype=float)
+        mfu = np.asarray(s.cols["mfu"], dtype=float) * (100.0 if BY_KEY["mfu"].unit == "fraction" else 1.0)
+        both = np.isfinite(tps) & np.isfinite(mfu) & (tps > 0)
+        with fig.batch_update():
+            if not np.isfinite(tps).any():
+                fig.layout.yaxis2.visible = bool(np.isfinite(mfu).any())
+                return
+            top = 1.1 * float(np.nanmax(tps))
+            fig.layout.yaxis.range = [0, top]
+            fig.layout.yaxis2.visible = bool(both.any())
+            if both.any():
+                ratio = float(mfu[both][-1] / tps[both][-1])
+                fig.layout.yaxis2.update(range=[0, top * ratio], tickmode="auto", nticks=6, ticksuffix="%")
 
     def _draw_comm(self) -> None:
         """One bar per rank: the last step's payload; the hover and the title say whether it ever moved."""
@@ -399,6 +445,12 @@ class Dashboard(W.VBox):
         eff = s.effective or info.get("effective")
         if eff:
             parts.append(f"{eff.get('world_size')} processes, {eff.get('wrapper')}, {eff.get('compute_dtype') or '?'}")
+        if not len(s) and state not in TERMINAL:  # the start-up, as it happens, instead of a step count
+            waiting = self._waiting_text()
+            parts = parts[:2] + [html.escape(waiting)]
+            with self._lock:
+                if not len(self._store):
+                    self._show_placeholders(waiting)
         with self.status_html.hold_sync(), self.stop_button.hold_sync(), self.error_html.hold_sync():
             self.status_html.value = " &middot; ".join(parts)
             self._show_stoppable(state)

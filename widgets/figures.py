@@ -91,7 +91,9 @@ STYLE: dict[str, dict[str, Any]] = {
     "lr": {"color": COLORS[5]},
     "grad_norm": {"color": COLORS[3]},
     "tokens_per_s": {"color": COLORS[2]},
-    "mfu": {"color": COLORS[4], "yaxis": "y2"},
+    # MFU is tokens/s times a constant (FLOPs per token over the peak), so on axes locked to that ratio
+    # (Dashboard._lock_mfu_axis) its line lies on the tokens/s line: dotted, so that both stay visible
+    "mfu": {"color": COLORS[4], "yaxis": "y2", "dash": "dot"},
 }
 
 
@@ -108,6 +110,25 @@ def metric_traces(m: Metric) -> list[go.Scatter]:
     if m.smoothed:
         return [line(m.key, raw=True, **style), line(smoothed_name(m.key), **style)]
     return [line(m.key, **style)]
+
+
+def show_placeholder(fig: go.FigureWidget, text: str | None) -> None:
+    """A figure with no data: no axes (plotly would invent -1..4 ticks, "-1B" bytes, and lay an empty axis's
+    title out at Infinity: console errors), finite placeholder ranges, and ``text`` in the middle. None: the
+    axes and the legend back, autoscaled (call it only on a change, so that a user's zoom survives redraws)."""
+    empty = text is not None
+    axes = [fig.layout.xaxis, fig.layout.yaxis] + ([fig.layout["yaxis2"]] if "yaxis2" in fig.layout else [])
+    for ax in axes:
+        ax.visible = not empty
+        if empty:
+            ax.range = [0, 1]
+        else:
+            ax.autorange = True
+    fig.layout.showlegend = not empty
+    fig.layout.annotations = (
+        [{"text": text, "xref": "paper", "yref": "paper", "x": 0.5, "y": 0.5, "showarrow": False,
+          "font": {"color": "#888888", "size": 12}}] if empty else []
+    )  # fmt: skip
 
 
 def trace(fig: go.FigureWidget, name: str) -> Any:

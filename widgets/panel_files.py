@@ -12,6 +12,8 @@ from typing import Any
 
 from widgets.controls import flat, yaml_value
 from workbench.config import RunConfig
+from workbench.factory import is_hf
+from workbench.models.hf_config import hf_source
 
 # model size presets: (n_layer, n_head, d_model, seq_len). "small" is 4 layers of width 128 at context 128:
 # 818k parameters on the quickstart's 64-symbol synthetic vocabulary (wb.plan(cfg).num_params).
@@ -24,8 +26,17 @@ PRESETS = {
 PRESET_KEYS = ("model.n_layer", "model.n_head", "model.d_model", "model.seq_len")
 
 
-def matching_preset(values: tuple[Any, ...]) -> str:
-    """The preset whose PRESET_KEYS values these are, or "custom"."""
+# model.hf_config fields that resize a Hugging Face model beyond the preset's four keys
+SIZE_FIELDS = frozenset({"num_hidden_layers", "num_attention_heads", "hidden_size", "max_position_embeddings",
+                         "intermediate_size", "n_layer", "n_head", "n_embd", "n_positions", "n_inner"})  # fmt: skip
+
+
+def matching_preset(values: tuple[Any, ...], arch: str = "gpt", hf_config: Any = None) -> str:
+    """The preset whose PRESET_KEYS values these are, or "custom": also "custom" when the model is not sized by
+    those keys alone (a save_pretrained folder, your own factory, model.hf_config setting a size field)."""
+    sized_by_keys = arch == "gpt" or (is_hf(arch) and hf_source(arch)[0] == "type")
+    if not sized_by_keys or (isinstance(hf_config, dict) and SIZE_FIELDS & set(hf_config)):
+        return "custom"
     return next((name for name, v in PRESETS.items() if v == values), "custom")
 
 

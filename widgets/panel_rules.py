@@ -21,8 +21,11 @@ from workbench.factory import is_hf
 from workbench.models.hf_config import hf_source, hf_task_kinds, model_type_of
 
 # keys that only matter under a setting other than the strategy: key -> (setting key, values); a value ending
-# in "*" matches every setting that starts with it ("hf:*": any Hugging Face model)
+# in "*" matches every setting that starts with it ("hf:*": any Hugging Face model), SET any value but empty/null
+SET = "<set>"
 _RELEVANT_OUTSIDE_PARALLEL = {
+    "distill.temperature": ("distill.teacher", (SET,)),
+    "distill.alpha": ("distill.teacher", (SET,)),
     "model.hf_config": ("model.arch", ("hf:*",)),
     "data.vocab_size": ("data.source", ("synthetic",)),
     "data.num_sequences": ("data.source", ("synthetic",)),
@@ -50,13 +53,21 @@ def rules_from_specs(specs: Mapping[str, Any]) -> Rules:
     for key in dict.fromkeys(k for spec in specs.values() for k in spec.keys):  # first-seen order
         settings[key] = ("parallel.strategy", tuple(s for s, spec in specs.items() if key in spec.keys))
     settings.update(_RELEVANT_OUTSIDE_PARALLEL)
-    relevant = {k: (on, vals, f"used when {on} is {' or '.join(vals)}") for k, (on, vals) in settings.items()}
+    relevant = {
+        k: (on, vals, f"used when {on} is set" if vals == (SET,) else f"used when {on} is {' or '.join(vals)}")
+        for k, (on, vals) in settings.items()
+    }
     return Rules(min_processes, relevant)
 
 
 def setting_matches(value: Any, values: tuple[str, ...]) -> bool:
     """Whether a setting's value is one of `values` (an entry ending in "*" is a prefix)."""
-    return any(value == v or (v.endswith("*") and isinstance(value, str) and value.startswith(v[:-1])) for v in values)
+    return any(
+        value == v
+        or (v == SET and value not in (None, ""))
+        or (v.endswith("*") and isinstance(value, str) and value.startswith(v[:-1]))
+        for v in values
+    )
 
 
 def strategy_rules() -> Rules:

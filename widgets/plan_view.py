@@ -13,11 +13,12 @@ from typing import Any
 import ipywidgets as W
 import plotly.graph_objects as go
 
-from widgets.fmt import fmt_bytes
+from widgets.fmt import fmt_bytes, fmt_count, fmt_step_time
 from workbench.config import RunConfig, is_import_string
 from workbench.plan import MEMORY_FIELDS  # the names the plan and the worker's measurement share
 
 THIS_MACHINE = "this machine"
+OFF_SCALE = 5  # the device's memory over the largest rank's beyond which the chart fits the bars, not the line
 
 
 def derived_values(cfg: RunConfig, plan: Any | None) -> dict[str, Any]:
@@ -143,12 +144,23 @@ class PlanChart(W.VBox):
                                "line": {"color": "#d62728", "dash": "dash"}})  # fmt: skip
                 notes.append({"xref": "paper", "x": 1, "y": mem, "yref": "y", "text": f"device memory {fmt_bytes(mem)}",
                               "showarrow": False, "xanchor": "right", "yanchor": "bottom", "font": {"color": "#d62728"}})  # fmt: skip
+            self.fig.layout.title.text = f"plan: memory per rank on {p.device_label}"
+            # A linear axis always (a log one made 1-10 MB bars a sliver under a 20 GB line, with "2 5 2 5" minor
+            # labels): up to the device line when it is in reach, else fitted to the bars with the line named,
+            # off the scale, at the top edge.
+            top = max([r.total_bytes for r in p.ranks] or [0])
+            self.fig.layout.yaxis.type = "linear"
+            if mem and top and mem / top > OFF_SCALE:
+                shapes, notes = [], [
+                    {"xref": "paper", "x": 1, "yref": "paper", "y": 1, "showarrow": False, "xanchor": "right",
+                     "yanchor": "bottom", "font": {"color": "#d62728"},
+                     "text": f"device memory {fmt_bytes(mem)}: {fmt_count(mem / top)}&times; the largest rank, off the scale"}
+                ]  # fmt: skip
+                self.fig.layout.yaxis.range = [0, 1.1 * top]
+            else:
+                self.fig.layout.yaxis.range = [0, 1.1 * max(top, mem or 0)] if top or mem else [0, 1]
             self.fig.layout.shapes = shapes
             self.fig.layout.annotations = notes
-            self.fig.layout.title.text = f"plan: memory per rank on {p.device_label}"
-            # the device line at 80 GiB would flatten a tiny model's bars: show it only when it is in reach
-            top = max([r.total_bytes for r in p.ranks] or [0])
-            self.fig.layout.yaxis.type = "log" if mem and top and mem / top > 50 else "linear"
 
     def unavailable(self, why: str) -> None:
         """Empty the chart and say why."""
@@ -163,13 +175,18 @@ class PlanChart(W.VBox):
 
 
 def _verdict(p: Any) -> str:
+    """The verdict and the estimate in words a person reads aloud; where the peak came from (a measurement's
+    date, its matrix sizes, threads) behind a details toggle and the line's tooltip."""
     verdict = "<b style='color:#2ca02c'>fits</b>" if p.fits else "<b style='color:#d62728'>does not fit</b>"
     approx = f" (approximate: {', '.join(p.approximate)})" if p.approximate else ""
     extra = " &mdash; CPU: the ranks share this machine's RAM, the verdict sums them" if p.shared_memory else ""
+    largest = fmt_count(p.max_micro_batch_size) if p.max_micro_batch_size else "none (not even 1)"
+    source = html.escape(p.peak_flops_source, quote=True)
     return (
         f"<div style='font-size:95%'>{verdict}: headroom {fmt_bytes(p.headroom_bytes)}, largest "
-        f"micro_batch_size that fits {p.max_micro_batch_size}{extra}<br>"
-        f"estimate: {p.step_time_s * 1e3:.3g} ms/step, {p.tokens_per_s:,.0f} tokens/s at {p.efficiency:.0%} of "
-        f"peak ({html.escape(p.peak_flops_source)}); comm per step rank 0 {fmt_bytes(p.comm_bytes[0] if p.comm_bytes else None)}"
-        f"{approx}</div>"
+        f"micro_batch_size that fits: {largest}{extra}<br>"
+        f"<span title='peak: {source}'>estimate: {fmt_step_time(p.step_time_s)} per step, "
+        f"{fmt_count(round(p.tokens_per_s))} tokens/s at {p.efficiency:.0%} of the device's peak; comm per step "
+        f"rank 0 {fmt_bytes(p.comm_bytes[0] if p.comm_bytes else None)}{approx}</span>"
+        f"<details><summary style='color:#888'>where the peak comes from</summary>{source}</details></div>"
     )

@@ -10,7 +10,7 @@ from typing import Any
 
 from workbench import checkpoints
 from workbench.config import ConfigError, RunConfig
-from workbench.fileio import format_bytes
+from workbench.fileio import format_bytes, resolve_runs_dir
 from workbench.runs import Run, list_runs
 
 QUICKSTART = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "quickstart.yaml")
@@ -306,8 +306,36 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_pool(args: argparse.Namespace) -> int:
+    """workbench pool start | stop | status: the warm launch pool (workbench.pool)."""
+    from workbench import pool_client
+
+    if args.action == "stop":
+        print("warm pool stopped" if pool_client.stop_pool() else "no warm pool running")
+        return 0
+    if args.action == "start":
+        if not pool_client.enabled():
+            return _fail(f"warm launches are off ({pool_client.ENABLE_ENV}=0)")
+        if args.idle_minutes is not None:
+            os.environ[pool_client.IDLE_ENV] = str(args.idle_minutes)
+        pool_client.warm_up()
+        if not pool_client.wait_ready(args.timeout):
+            return _fail("the warm pool did not start; see its log: " + str(pool_client.pool_file("log")))
+    info = pool_client.pool_info()
+    if info is None:
+        print("no warm pool running" + ("" if pool_client.pool_pid() is None else " yet (starting)"))
+        return 0 if args.action == "status" else 1
+    print(f"warm pool {info['pid']}: up {info['uptime_s']:.0f} s, {info['runs_forked']} runs forked, "
+          f"RSS {format_bytes(info['rss_bytes'])} (limit {format_bytes(info['max_rss_bytes'])}), "
+          f"ends after {info['idle_timeout_s'] / 60:g} idle minutes (idle {info['idle_s']:.0f} s); "
+          f"watching {info['source_files']} source files")  # fmt: skip
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    if getattr(args, "runs_dir", None):  # one runs folder wherever the command is typed in the project
+        args.runs_dir = resolve_runs_dir(args.runs_dir)
     return args.fn(args)
 
 
@@ -346,6 +374,12 @@ def _run_commands(sub: Any) -> None:
     s.add_argument("--runs-dir", default="runs")
     s.add_argument("--timeout", type=float, default=120)
     s.set_defaults(fn=cmd_stop)
+
+    po = sub.add_parser("pool", help="the warm launch pool: start, stop or show it (launches start it themselves)")
+    po.add_argument("action", choices=["start", "stop", "status"])
+    po.add_argument("--idle-minutes", type=float, default=None, help="start: end after this many idle minutes")
+    po.add_argument("--timeout", type=float, default=120, help="start: seconds to wait for it to be ready")
+    po.set_defaults(fn=cmd_pool)
 
 
 def _plan_commands(sub: Any) -> None:

@@ -10,6 +10,31 @@ import json
 import os
 from typing import Any
 
+# what marks a project's root folder, where a relative runs_dir starts (see resolve_runs_dir)
+PROJECT_MARKERS = ("pyproject.toml", ".git")
+
+
+def project_root(start: str | None = None) -> str | None:
+    """The nearest folder from start (default: the current one) upward that holds a pyproject.toml or .git."""
+    here = os.path.abspath(start or os.getcwd())
+    while True:
+        if any(os.path.exists(os.path.join(here, m)) for m in PROJECT_MARKERS):
+            return here
+        parent = os.path.dirname(here)
+        if parent == here:
+            return None
+        here = parent
+
+
+def resolve_runs_dir(runs_dir: str, start: str | None = None) -> str:
+    """Where a runs folder is, as an absolute path: an absolute runs_dir as it is; a relative one under the
+    project root (project_root(start)), else under start. So a notebook in notebooks/ and a shell at the root
+    launch into, list and serve the one runs/ of the project."""
+    if os.path.isabs(runs_dir):
+        return os.path.normpath(runs_dir)
+    start = os.path.abspath(start or os.getcwd())
+    return os.path.normpath(os.path.join(project_root(start) or start, runs_dir))
+
 
 def write_json_atomic(path: str, obj: Any, indent: int | None = 1) -> None:
     """Write ``obj`` as JSON to ``path`` so a reader sees the old file or the new one, never half of one.

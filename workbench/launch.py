@@ -33,9 +33,11 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
-from workbench import checkpoints, prelaunch
+from workbench import checkpoints, pool_client, prelaunch
 from workbench.config import ConfigError, DeviceInfo, Problem, RunConfig, effective_device, is_int, layout_modules
 from workbench.config.strategies import LAYOUT_MODULES_ENV
 from workbench.fileio import read_json, write_json_atomic
@@ -43,6 +45,7 @@ from workbench.runs import Run, kill_workers, read_status, write_status
 
 ELASTIC_DIR = "elastic"  # torchelastic's log dir inside the run folder: per-rank error.json files
 GPU_IDS = "gpu_ids.json"  # the GPUs launch(gpu_ids=...) gave the run (absent: all)
+API_ASKS = ("ask for resume=True", "overwrite=True")  # how check_launchable's message names the two ways out
 
 
 def free_port() -> int:
@@ -51,7 +54,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def check_launchable(cfg: RunConfig, overwrite: bool = False, resume: bool = False) -> list[Problem]:
+def check_launchable(
+    cfg: RunConfig, overwrite: bool = False, resume: bool = False, asks: tuple[str, str] = API_ASKS
+) -> list[Problem]:
+    """What stops launch(cfg, overwrite, resume): validation, then the run folder (taken; resume without a
+    checkpoint). asks: how the caller's user asks for resume and for overwrite, as the message names them
+    (the Python API's keywords; the panel names its checkboxes)."""
     problems = prelaunch.problems(cfg)
     if problems:
         return problems
@@ -60,8 +68,8 @@ def check_launchable(cfg: RunConfig, overwrite: bool = False, resume: bool = Fal
         problems.append(
             Problem(
                 "name",
-                f"run folder {run_dir!r} already exists; pick another name, or ask for resume=True "
-                "(continue from its last checkpoint) or overwrite=True (delete it)",
+                f"run folder {run_dir!r} already exists; pick another name, or {asks[0]} "
+                f"(continue from its last checkpoint) or {asks[1]} (delete it)",
             )
         )
     if resume and checkpoints.latest(run_dir) is None:
@@ -110,16 +118,19 @@ def launch(
     env = _env_with_project_on_path()
     if threads_per_process is not None:
         env["OMP_NUM_THREADS"] = str(threads_per_process)
-    out = open(os.path.join(run_dir, "supervisor.log"), "ab")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "workbench.launch", run_dir] + (["--resume"] if resume else []),
-        stdout=out,
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
-        start_new_session=True,
-        env=env,
-    )
-    out.close()
+    # Warm: the pool forks the supervisor (workbench/pool.py); CPU runs only. None: no pool answered, go cold.
+    proc = pool_client.start_supervisor(run_dir, resume, env) if effective_device(cfg) == "cpu" else None
+    if proc is None:
+        out = open(os.path.join(run_dir, "supervisor.log"), "ab")
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "workbench.launch", run_dir] + (["--resume"] if resume else []),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            env=env,
+        )
+        out.close()
     return Run(run_dir, process=proc)
 
 
@@ -356,8 +367,17 @@ def _died(rank: int, code: int) -> str:
     )
 
 
-def supervise(run_dir: str, resume: bool = False) -> int:
-    """Run the job to its end and write the final status. Entry point of `python -m workbench.launch`."""
+def popen_launcher(cmd: list[str], env: dict[str, str], out: Any, err: Any) -> subprocess.Popen:
+    """The cold path's launcher: `accelerate launch ...` as a new process."""
+    return subprocess.Popen(cmd, stdout=out, stderr=err, stdin=subprocess.DEVNULL, env=env, cwd=os.getcwd())
+
+
+def supervise(run_dir: str, resume: bool = False, start: Callable[..., Any] | None = None) -> int:
+    """Run the job to its end and write the final status. Entry point of `python -m workbench.launch`.
+
+    start(cmd, env, stdout, stderr) starts the launcher and returns a Popen-like handle (pid, wait): the cold
+    path's popen_launcher by default; the warm pool forks it instead (workbench.pool.fork_launcher).
+    """
     cfg = RunConfig.from_yaml(os.path.join(run_dir, "config.yaml"))
     log_dir = os.path.join(run_dir, ELASTIC_DIR)
     ids = read_json(os.path.join(run_dir, GPU_IDS)) if os.path.exists(os.path.join(run_dir, GPU_IDS)) else None
@@ -367,10 +387,11 @@ def supervise(run_dir: str, resume: bool = False) -> int:
     )
     env["WORKBENCH_RUN_DIR"] = run_dir
     with open(os.path.join(run_dir, "stdout.log"), "ab") as out, open(os.path.join(run_dir, "stderr.log"), "ab") as err:
-        launcher = subprocess.Popen(cmd, stdout=out, stderr=err, stdin=subprocess.DEVNULL, env=env, cwd=os.getcwd())
+        launcher = (start or popen_launcher)(cmd, env, out, err)
         write_status(
             run_dir,
             state="running",
+            launch_path="cold" if start is None else "warm",
             supervisor_pid=os.getpid(),
             launcher_pid=launcher.pid,
             started=time.time(),
@@ -395,19 +416,26 @@ def supervise(run_dir: str, resume: bool = False) -> int:
     return 0
 
 
-def _wait_launcher(launcher: subprocess.Popen, run_dir: str, grace_s: float = 3.0) -> int:
+def _wait_launcher(launcher: Any, run_dir: str, grace_s: float = 3.0) -> int:
     """Wait for the launcher; once a rank has reported an error, give the job grace_s to end by itself.
 
     torchelastic SIGTERMs the surviving ranks when one fails, then waits 30 s before SIGKILL (not
     configurable from outside). A rank that is stopped (SIGSTOP) or stuck in native code ignores SIGTERM, so
     the run would hang on for those 30 s; killing the ranks ourselves ends it within the grace period.
     """
-    first_error = None
+    first_error, pool_asked = None, False
     while True:
         try:
-            return launcher.wait(timeout=0.2)
+            rc = launcher.wait(timeout=0.2)
+            if not pool_asked:
+                pool_client.warm_up()
+            return rc
         except subprocess.TimeoutExpired:
             pass
+        if not pool_asked and os.path.exists(os.path.join(run_dir, "metrics.jsonl")):
+            # After this run's first metric (its own start-up paid): a warm pool for the next launch, if none.
+            pool_client.warm_up()
+            pool_asked = True
         if first_error is None:
             if rank_errors(run_dir):
                 first_error = time.monotonic()

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 from workbench.config import NAME_RE, ConfigError, Problem
+from workbench.fileio import resolve_runs_dir
 from workbench.runs import Run, write_status
 
 
@@ -41,7 +42,7 @@ def notebook_launch(
 
     from workbench.config import DeviceInfo
 
-    run_dir = os.path.abspath(os.path.join(runs_dir, name))
+    run_dir = os.path.join(resolve_runs_dir(runs_dir), name)
     if os.path.exists(run_dir):
         if not overwrite:
             raise ConfigError([Problem("name", f"run folder {run_dir!r} exists; pass overwrite=True or another name")])

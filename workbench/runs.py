@@ -19,16 +19,26 @@ Nothing here imports torch, so a notebook or the CLI can list and follow runs in
 from __future__ import annotations
 
 import os
+import re
 import signal
 import time
 from collections.abc import Iterator
 from typing import Any
 
 from workbench import checkpoints
-from workbench.fileio import JsonlTail, read_jsonl
+from workbench.fileio import JsonlTail, read_jsonl, resolve_runs_dir
 from workbench.status import TERMINAL, read_status, write_status
 
-__all__ = ["TERMINAL", "Run", "kill_workers", "list_runs", "read_status", "worker_pids", "write_status"]
+__all__ = [
+    "TERMINAL",
+    "Run",
+    "kill_workers",
+    "list_runs",
+    "next_free_name",
+    "read_status",
+    "worker_pids",
+    "write_status",
+]
 
 
 def worker_pids(run_dir: str) -> dict[int, int]:
@@ -55,8 +65,9 @@ def kill_workers(run_dir: str) -> list[int]:
     for pid in worker_pids(run_dir).values():
         try:
             with open(f"/proc/{pid}/cmdline", "rb") as fh:
-                if b"workbench.worker" not in fh.read():
-                    continue
+                cmdline = fh.read()
+            if b"workbench.worker" not in cmdline and b"workbench.pool" not in cmdline:  # cold, or warm (forked)
+                continue
             os.kill(pid, signal.SIGKILL)
             killed.append(pid)
         except (OSError, ValueError):
@@ -148,6 +159,22 @@ class Run:
     def metrics(self) -> list[dict[str, Any]]:
         return read_jsonl(os.path.join(self.path, "metrics.jsonl"))
 
+    def startup(self) -> tuple[str, float] | None:
+        """While the run starts (no metric event yet, not ended): what it is doing, in words, and the seconds
+        since it was launched; None once its first event is written or it has ended. Read from the folder:
+        status.json's state, and the .rank<r>.pid files each worker writes once its process group is up."""
+        metrics = os.path.join(self.path, "metrics.jsonl")
+        if self.done or (os.path.exists(metrics) and os.path.getsize(metrics) > 0):
+            return None
+        from workbench.config import ConfigError
+
+        try:
+            launched = os.path.getmtime(os.path.join(self.path, "config.yaml"))
+            n = self.config.parallel.num_processes
+        except (OSError, ConfigError):
+            return None
+        return startup_words(self.path, read_status(self.path).get("state"), n, launched), time.time() - launched
+
     def new_metrics(self) -> list[dict[str, Any]]:
         """Events written since the last call (used by follow() and the dashboard)."""
         return self._tail.read()
@@ -227,7 +254,8 @@ class Run:
 
 
 def list_runs(runs_dir: str = "runs") -> list[Run]:
-    """Run folders under runs_dir, oldest first."""
+    """Run folders under runs_dir (a relative one under the project root: fileio.resolve_runs_dir), oldest first."""
+    runs_dir = resolve_runs_dir(runs_dir)
     if not os.path.isdir(runs_dir):
         return []
     runs = [
@@ -237,3 +265,35 @@ def list_runs(runs_dir: str = "runs") -> list[Run]:
     ]
     runs.sort(key=lambda r: os.path.getmtime(os.path.join(r.path, "config.yaml")))
     return runs
+
+
+def next_free_name(runs_dir: str, name: str) -> str:
+    """name when runs_dir/name is free, else the first free one of name-2, name-3, ... (a name that already
+    ends in -N counts on from N: after "quickstart-2" comes "quickstart-3")."""
+    runs_dir = resolve_runs_dir(runs_dir)
+    if not os.path.exists(os.path.join(runs_dir, name)):
+        return name
+    m = re.fullmatch(r"(.*\D)-(\d+)", name)
+    stem, n = (m.group(1), int(m.group(2))) if m else (name, 1)
+    while os.path.exists(os.path.join(runs_dir, f"{stem}-{n + 1}")):
+        n += 1
+    return f"{stem}-{n + 1}"
+
+
+def startup_words(run_dir: str, state: str | None, processes: int, launched: float) -> str:
+    """The start-up phase of a run that has written no metric event yet, in words."""
+    if state in (None, "starting"):
+        return "starting the supervisor"
+    up = [r for r in worker_pids(run_dir) if _mtime(os.path.join(run_dir, f".rank{r}.pid")) >= launched]
+    if not up:
+        return f"starting {processes} process{'es' if processes != 1 else ''} (accelerate launch; each imports torch)"
+    if len(up) < processes:
+        return f"{len(up)} of {processes} processes up"
+    return f"{processes} process{'es' if processes != 1 else ''} up: building the model and data, first steps"
+
+
+def _mtime(path: str) -> float:
+    try:
+        return os.path.getmtime(path)
+    except OSError:
+        return 0.0

@@ -53,7 +53,7 @@ def scale_out(
 ) -> ScaleOut:
     """Write the launch files for `machines` x `gpus_per_machine` processes; returns where and what."""
     target = _target_config(cfg, machines, gpus_per_machine, device)
-    out_dir = os.path.abspath(out_dir or os.path.join(cfg.runs_dir, cfg.name + "-scale-out"))
+    out_dir = os.path.abspath(out_dir or cfg.run_dir + "-scale-out")
     os.makedirs(out_dir, exist_ok=True)
     # The worker's run folder is the folder of its config.yaml: the job writes metrics and checkpoints here
     # (on a shared file system for several machines).

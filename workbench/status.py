@@ -21,6 +21,7 @@ kind                   notebook_launch      "notebook_launch" for a loop run fro
 supervisor_pid         supervisor           PID of ``python -m workbench.launch``
 launcher_pid           supervisor           PID of ``accelerate launch`` (the torchelastic agent)
 command                supervisor           the launch command line
+launch_path            supervisor           "warm" (forked from the warm pool, workbench.pool) or "cold"
 device                 supervisor           cpu or cuda, as detected on the machine
 started, ended         supervisor,          wall-clock time (time.time()) the job started / ended
                        notebook_launch
@@ -67,6 +68,7 @@ STATUS_KEYS: dict[str, str] = {
     "supervisor_pid": "PID of python -m workbench.launch",
     "launcher_pid": "PID of accelerate launch (the torchelastic agent)",
     "command": "the launch command line",
+    "launch_path": "warm (forked from the warm pool, workbench.pool) or cold (fresh processes)",
     "device": "cpu or cuda, as detected",
     "started": "wall-clock time the job started",
     "ended": "wall-clock time the job ended",

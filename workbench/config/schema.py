@@ -198,7 +198,10 @@ class RunConfig:
 
     @property
     def run_dir(self) -> str:
-        return os.path.join(self.runs_dir, self.name)
+        """runs_dir/name, absolute: a relative runs_dir is under the project root (fileio.resolve_runs_dir)."""
+        from workbench.fileio import resolve_runs_dir
+
+        return os.path.join(resolve_runs_dir(self.runs_dir), self.name)
 
     # ---- dict / YAML ----
     def to_dict(self) -> dict[str, Any]:
