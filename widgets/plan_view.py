@@ -186,7 +186,7 @@ def _verdict(p: Any) -> str:
         f"<div style='font-size:95%'>{verdict}: headroom {fmt_bytes(p.headroom_bytes)}, largest "
         f"micro_batch_size that fits: {largest}{extra}<br>"
         f"<span title='peak: {source}'>estimate: {fmt_step_time(p.step_time_s)} per step, "
-        f"{fmt_count(round(p.tokens_per_s))} tokens/s at {p.efficiency:.0%} of the device's peak; comm per step "
+        f"{fmt_count(round(p.tokens_per_s))} tokens/s (MFU {p.mfu:.0%}); comm per step "
         f"rank 0 {fmt_bytes(p.comm_bytes[0] if p.comm_bytes else None)}{approx}</span>"
         f"<details><summary style='color:#888'>where the peak comes from</summary>{source}</details></div>"
     )

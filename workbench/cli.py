@@ -163,7 +163,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
     try:
         cfg = _load(args.config, args.set)
-        p = plan(cfg, device=args.device, efficiency=args.efficiency)
+        p = plan(cfg, device=args.device)
     except ConfigError as e:
         return _fail(str(e))
     except ValueError as e:  # an unknown --device
@@ -388,9 +388,6 @@ def _plan_commands(sub: Any) -> None:
     pl.add_argument("config")
     pl.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a key, e.g. --set precision=bf16")
     pl.add_argument("--device", default=None, help="h100, h200, a100-40, a100-80, cpu, ... (default: this machine)")
-    pl.add_argument(
-        "--efficiency", type=float, default=None, help="fraction of peak FLOP/s assumed (default 0.4 GPU, 0.35 CPU)"
-    )
     pl.add_argument("--json", action="store_true", help="print the plan as JSON")
     pl.set_defaults(fn=cmd_plan)
 

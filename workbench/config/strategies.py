@@ -38,7 +38,8 @@ class StrategySpec:
 
     needs: what the model family must offer ("stages": pipeline cut points; "tp_plan": a tensor-parallel plan);
     a layout that needs anything splits the model's modules, so your own model.arch cannot take it.
-    memory(Counting) -> [RankMemory] and comm(Comm) -> (bytes per rank, rank 0's by collective): workbench/plan/.
+    memory(Counting) -> [RankMemory], comm(Comm) -> (bytes per rank, rank 0's by collective) and
+    time(Timing) -> StepTime (the predicted step and its parts): workbench/plan/.
     build(cfg, acc, model, make_optimizer, scaler=, fwd_ctx=) -> Layout: workbench/parallel/.
     """
 
@@ -60,6 +61,7 @@ class StrategySpec:
     pipelined: bool = False  # a pipeline: its step stretches by the bubble (plan/compute.py)
     fsdp_bf16: bool = False  # bf16 through FSDP2's MixedPrecisionPolicy instead of autocast (plan/precision.py)
     prepared_by_accelerate: bool = False  # Accelerate wraps (and autocasts) the model; otherwise parallel/ does
+    time: Callable[..., Any] | None = None  # time(Timing) -> StepTime (plan/timing.py); None: timed as data parallel
     module: str = ""  # the module that declared it: every rank of a run imports it (launch passes it on)
 
     @property

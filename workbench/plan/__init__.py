@@ -43,7 +43,6 @@ from workbench.plan.devices import (
     CPU_DEFAULT_FLOPS_PER_THREAD,
     DEFAULT_LINK_BYTES_PER_S,
     DEVICES,
-    EFFICIENCY,
     GPU_PEAK_FLOPS,
     LINK_BYTES_PER_S,
     OVERHEAD_BYTES,
@@ -58,9 +57,11 @@ from workbench.plan.devices import (
     peak_of_device,
     resolve_device,
 )
+from workbench.plan.facts import DEFAULT_CPU_FACTS, DeviceFacts, cached_cpu_facts, gpu_facts
 from workbench.plan.memory import Counting, memory_per_rank
 from workbench.plan.precision import FSDP_BF16, PRECISION, Precision, precision_of
-from workbench.plan.result import MEMORY_FIELDS, Plan, RankMemory, accuracy
+from workbench.plan.result import MEMORY_FIELDS, Plan, RankMemory, StepTime, accuracy
+from workbench.plan.timing import Timing, data_parallel_time
 
 if TYPE_CHECKING:
     from workbench.config import RunConfig
@@ -69,7 +70,6 @@ __all__ = [
     "CPU_DEFAULT_FLOPS_PER_THREAD",
     "DEFAULT_LINK_BYTES_PER_S",
     "DEVICES",
-    "EFFICIENCY",
     "FSDP_BF16",
     "GPU_PEAK_FLOPS",
     "LINK_BYTES_PER_S",
@@ -80,6 +80,8 @@ __all__ = [
     "Plan",
     "Precision",
     "RankMemory",
+    "StepTime",
+    "DeviceFacts",
     "TransformerShape",
     "accuracy",
     "block_activation_bytes",
@@ -88,6 +90,7 @@ __all__ = [
     "cache_dir",
     "cpu_peak_flops",
     "cpu_peak_from_cache",
+    "device_facts",
     "device_key_for",
     "gpu_peak_flops",
     "hardware_flops_per_token",
@@ -150,7 +153,7 @@ def pipelined(cfg: RunConfig) -> bool:
 
 
 def _peak(cfg: RunConfig, dev: str) -> tuple[float, str]:
-    """Peak FLOP/s per device for the time estimate: the cached CPU measurement (never measured here: the plan
+    """Peak FLOP/s per device, the denominator of MFU: the cached CPU measurement (never measured here: the plan
     stays fast and torch-free), or the data sheet of the GPU planned for."""
     if dev == "cpu":
         threads = max(1, (os.cpu_count() or 1) // cfg.parallel.num_processes)
@@ -158,6 +161,25 @@ def _peak(cfg: RunConfig, dev: str) -> tuple[float, str]:
         return cpu_peak_from_cache(dtype, threads)
     peak = peak_of_device(dev, peak_dtype(cfg.precision, cfg.tf32 is True))  # fp32 with TF32: the tf32 rate
     return peak.flops, peak.source
+
+
+def device_facts(cfg: RunConfig, dev: str) -> DeviceFacts:
+    """The facts the step-time model reads for `cfg` on DEVICES key `dev`: this CPU's cached measurement for the
+    run's process count, threads and precision (else fp32's, else the stated defaults), or a GPU's data sheet."""
+    if dev != "cpu":
+        return gpu_facts(dev, peak_dtype(cfg.precision, cfg.tf32 is True))
+    W = cfg.parallel.num_processes
+    threads = max(1, (os.cpu_count() or 1) // W)
+    dtype = cfg.precision if cfg.precision in ("fp32", "bf16", "fp16") else "fp32"
+    return cached_cpu_facts(dtype, W, threads) or cached_cpu_facts("fp32", W, threads) or DEFAULT_CPU_FACTS
+
+
+def step_time(cfg: RunConfig, s: TransformerShape, p: Precision, facts: DeviceFacts, comm: list[int],
+              by_op: dict[str, int]) -> StepTime:  # fmt: skip
+    """The layout's time function over these facts (``plan/timing.py``)."""
+    spec = STRATEGY_SPECS.get(cfg.parallel.strategy)
+    fn = spec.time if spec is not None and spec.time is not None else data_parallel_time
+    return fn(Timing(cfg, s, p, facts, comm, by_op))
 
 
 def _flops_notes(s: TransformerShape, approximate: list[str], notes: list[str]) -> None:
@@ -192,10 +214,10 @@ def _summary(cfg: RunConfig, s: TransformerShape, B: int, ckpt: bool) -> str:
 
 
 def plan(
-    cfg: RunConfig, device: str | None = None, efficiency: float | None = None, micro_batch_size: int | None = None
+    cfg: RunConfig, device: str | None = None, micro_batch_size: int | None = None, facts: DeviceFacts | None = None
 ) -> Plan:
     """Memory per rank, FLOPs, time and communication of `cfg` on `device` ("h100", "a100-40", "cpu", ...;
-    None: this machine). `efficiency` overrides the assumed fraction of peak FLOP/s."""
+    None: this machine). `facts` replaces the device facts the step-time model reads (``device_facts``)."""
     dev = resolve_device(cfg, device)
     is_cpu = dev == "cpu"
     s, notes = shape_of(cfg), model_notes(cfg)
@@ -215,12 +237,10 @@ def plan(
     _flops_notes(s, approximate, notes)
     world = cfg.parallel.num_processes
     peak, src = _peak(cfg, dev)
-    eff = efficiency if efficiency is not None else EFFICIENCY["cpu" if is_cpu else "gpu"]
-    bubble = bubble_fraction_of(cfg)
-    step_time = hw_step / (world * peak * eff) / (1.0 - bubble) if peak > 0 and eff > 0 else float("inf")
-
     comm, by_op = comm_per_rank(cfg, s, c.p, approximate)
-    link = LINK_BYTES_PER_S["cpu"] if is_cpu else LINK_BYTES_PER_S.get(DEVICES[dev]["gpu"], DEFAULT_LINK_BYTES_PER_S)
+    t = step_time(cfg, s, c.p, facts or device_facts(cfg, dev), comm, by_op)
+    step = t.step_s
+    mfu = s.flops_per_token() * cfg.tokens_per_step / (step * world * peak) if step > 0 and peak > 0 else 0.0
     _closing_notes(cfg, notes)
     summary = _summary(cfg, s, B, ckpt)
     return Plan(
@@ -237,16 +257,17 @@ def plan(
         hardware_flops_per_step=hw_step,
         peak_flops_per_device=peak,
         peak_flops_source=src,
-        efficiency=eff,
-        step_time_s=step_time,
-        tokens_per_s=cfg.tokens_per_step / step_time if step_time > 0 else 0.0,
+        mfu=mfu,
+        step_time_s=step,
+        tokens_per_s=cfg.tokens_per_step / step if step > 0 else 0.0,
         comm_bytes=comm,
         comm_by_op=by_op,
-        comm_time_s=max(comm) / link if comm else 0.0,
-        bubble_fraction=bubble,
+        comm_time_s=t.comm_s,
+        bubble_fraction=bubble_fraction_of(cfg),
         overhead_bytes_per_rank=overhead,
         approximate=sorted(set(approximate)),
         notes=notes,
         config_summary=summary,
         shared_memory=is_cpu,
+        time=t,
     )

@@ -97,12 +97,6 @@ NAME_WORDS: list[tuple[tuple[str, ...], str]] = [
 # an Accelerator). Approximate; it enters the verdict, not the per-rank bars.
 OVERHEAD_BYTES = {"gpu": 1 * GiB, "cpu": int(0.45 * GiB)}
 
-# The efficiency assumption: the fraction of peak FLOP/s a training step reaches (MFU). Well-tuned large
-# GPU runs reach 35-55%; 40% is the Playbook's and PaLM's ballpark. On a 2-core CPU the tiny GPTs measured
-# 0.4-0.45 of the matmul rate on an idle machine (12.5k-16k tokens/s for the 4-layer d128 model on 2 ranks)
-# and 0.15-0.2 when other jobs shared the cores: 35% is stated between.
-EFFICIENCY = {"gpu": 0.40, "cpu": 0.35}
-
 # Without a cached CPU measurement, a stated default per thread: the order of one AVX-512 core (measured
 # on the development machine: 65-74 GFLOP/s fp32, ~170 bf16, ~1 fp16, per thread).
 CPU_DEFAULT_FLOPS_PER_THREAD = {"fp32": 70e9, "bf16": 170e9, "fp16": 1e9, "fp8": 70e9}

@@ -53,6 +53,30 @@ class RankMemory:
 
 
 @dataclass
+class StepTime:
+    """The predicted time of one optimizer step on the slowest rank, and its parts (seconds). Built by
+    ``workbench/plan/timing.py``; status.json and the first event carry it as ``planned["time"]``."""
+
+    compute_s: float  # forward + backward of every micro-step (+ the forward recomputed under checkpointing)
+    optimizer_s: float  # clipping and the optimizer update
+    comm_s: float  # every collective the layout issues, as latency + bytes / bandwidth, as if nothing overlapped
+    exposed_comm_s: float  # the part of comm_s not hidden behind compute
+    bubble_s: float  # a pipeline stage's idle time
+    overhead_s: float  # the per-step cost outside the model: data, loss bookkeeping, the layout's own work
+    step_s: float  # compute + optimizer + exposed communication + bubble + overhead
+    source: str  # where the device facts came from ("measured on this machine ...", "data sheet, unmeasured")
+    comm_by_op_s: dict[str, float] = field(default_factory=dict)  # comm_s by collective
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+    def parts(self) -> dict[str, float]:
+        """The parts a step is the sum of, by name (what the dashboard stacks)."""
+        return {"compute": self.compute_s, "optimizer": self.optimizer_s, "exposed communication":
+                self.exposed_comm_s, "bubble": self.bubble_s, "overhead": self.overhead_s}  # fmt: skip
+
+
+@dataclass
 class Plan:
     """What a config costs per rank, and how fast it could run on a device. Built by ``plan(cfg)``."""
 
@@ -69,22 +93,24 @@ class Plan:
     hardware_flops_per_step: int  # + the forward recomputed under activation checkpointing
     peak_flops_per_device: float
     peak_flops_source: str
-    efficiency: float
-    step_time_s: float  # compute at peak x efficiency, stretched by the pipeline bubble
+    mfu: float  # the model FLOPs utilisation the predicted step time implies
+    step_time_s: float  # the step-time model's prediction (``time`` holds its parts)
     tokens_per_s: float
     comm_bytes: list[int]  # payload handed to collectives per optimizer step, one entry per rank
     comm_by_op: dict[str, int]  # rank 0's payload by collective
-    comm_time_s: float  # comm_bytes / link bandwidth, as if nothing overlapped (an upper bound)
+    comm_time_s: float  # every collective at latency + bytes / bandwidth, as if nothing overlapped
     bubble_fraction: float
     overhead_bytes_per_rank: int
+    time: StepTime | None = None  # the step-time model's prediction and its parts
     approximate: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     config_summary: str = ""
     shared_memory: bool = False  # CPU: all ranks share one RAM, so the verdict sums them
 
     def to_dict(self) -> dict[str, Any]:
-        d = {k: v for k, v in self.__dict__.items() if k != "ranks"}
+        d = {k: v for k, v in self.__dict__.items() if k not in ("ranks", "time")}
         d["ranks"] = [r.to_dict() for r in self.ranks]
+        d["time"] = self.time.to_dict() if self.time is not None else None
         return d
 
     @property
@@ -121,12 +147,15 @@ class Plan:
         lines.append(
             f"compute: {self.num_params / 1e6:.2f} M params, {self.flops_per_token / 1e6:.2f} MFLOP/token, "
             f"{self.flops_per_step:.3g} FLOP/step; peak {self.peak_flops_per_device / 1e12:.3g} TFLOP/s per device "
-            f"({self.peak_flops_source}) x efficiency {self.efficiency:.0%}"
+            f"({self.peak_flops_source})"
         )
         lines.append(
-            f"time: {self.step_time_s * 1e3:.3g} ms/step, {self.tokens_per_s:,.0f} tokens/s"
-            + (f" (pipeline bubble {self.bubble_fraction:.0%})" if self.bubble_fraction else "")
+            f"time: {self.step_time_s * 1e3:.3g} ms/step, {self.tokens_per_s:,.0f} tokens/s (MFU {self.mfu:.0%})"
+            + (f"; pipeline bubble {self.bubble_fraction:.0%}" if self.bubble_fraction else "")
         )
+        if self.time is not None:
+            parts = ", ".join(f"{k} {v * 1e3:.3g}" for k, v in self.time.parts().items() if v > 0)
+            lines.append(f"  ms per step: {parts}; device facts: {self.time.source}")
         ops = ", ".join(f"{k} {fmt_bytes(v)}" for k, v in self.comm_by_op.items()) or "none"
         lines.append(f"communication per step, rank 0: {ops}; ~{self.comm_time_s * 1e3:.3g} ms if not overlapped")
         if self.approximate:
