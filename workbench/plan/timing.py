@@ -189,7 +189,7 @@ def zero3_time(t: Timing) -> StepTime:
 
 
 def tp_time(t: Timing) -> StepTime:
-    s, W, k = t.s, t.W, t.k
+    s, k = t.s, t.k
     tp = max(1, t.cfg.parallel.tp_size)
     tokens = t.tokens * tp  # a row computes on its ranks' micro-batches stacked
     styles = list(s.tp_plan().values())
