@@ -86,7 +86,7 @@ def test_a_killed_pool_falls_back_to_a_cold_launch_and_is_replaced(own_pool, wor
     run = wb.launch(small.override({"name": "after-crash", "max_steps": 4, "log_every": 2}))
     assert run.wait(timeout=300) == "finished", run.error
     assert run.info["launch_path"] == "cold"
-    # that cold run's supervisor started a fresh pool after its first metric: the next launch is warm again
+    # that cold run's supervisor started a fresh pool when it ended: the next launch is warm again
     assert pool_client.wait_ready(120), "no new pool after the cold run"
     assert pool_client.pool_pid() != pid
     again = wb.launch(small.override({"name": "warm-again", "max_steps": 4, "log_every": 2}))

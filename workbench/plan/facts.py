@@ -21,6 +21,7 @@ from typing import Any
 from workbench.plan.devices import DEVICES, GPU_PEAK_FLOPS, LINK_BYTES_PER_S, cache_dir, cpu_cache_prefix
 
 COLLECTIVES = ("all_reduce", "all_gather", "reduce_scatter", "broadcast", "send")
+ELEMENTWISE_KINDS = ("gelu_s_per_element", "silu_s_per_element", "norm_s_per_element")
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,8 @@ class DeviceFacts:
     mem_bytes_per_s: float  # bandwidth of elementwise work (read + written bytes per second)
     collectives: dict[str, tuple[float, float]]  # op -> (latency s, bytes/s of the tensor handed to it)
     dtensor_op_s: float  # extra fixed cost of an operation on a DTensor over a plain tensor's
+    attention: tuple[tuple[float, float], ...]  # causal attention forward + backward: (FLOPs, FLOP/s)
+    elementwise: dict[str, float]  # seconds per element, forward + backward: gelu, silu, norm (_s_per_element)
     source: str  # how these were obtained, in words
     measured_at: str | None = None  # ISO-8601 UTC; None for a data sheet or the defaults
     processes: int = 1  # measured with this many processes running at once (they share the machine)
@@ -42,18 +45,17 @@ class DeviceFacts:
 
     def matmul_rate(self, flops: float) -> float:
         """FLOP/s of one matmul of `flops` FLOPs: log-log interpolation between the measured sizes."""
-        pts = self.matmul
-        if flops <= pts[0][0]:
-            return pts[0][1] * max(flops, 1.0) / pts[0][0] if flops < pts[0][0] / 8 else pts[0][1]
-        for (f0, r0), (f1, r1) in zip(pts, pts[1:], strict=False):
-            if flops <= f1:
-                w = (math.log(flops) - math.log(f0)) / (math.log(f1) - math.log(f0))
-                return math.exp(math.log(r0) + w * (math.log(r1) - math.log(r0)))
-        return pts[-1][1]
+        return interpolate(self.matmul, flops)
+
+    def attention_s(self, flops: float) -> float:
+        return flops / interpolate(self.attention, flops) if flops > 0 else 0.0
 
     def matmul_s(self, m: int, k: int, n: int, count: int = 1) -> float:
         flops = 2.0 * m * k * n
         return count * flops / self.matmul_rate(flops) if flops > 0 else 0.0
+
+    def elementwise_s(self, kind: str, elements: float) -> float:
+        return elements * self.elementwise[f"{kind}_s_per_element"]
 
     def collective_s(self, op: str, nbytes: float, calls: int = 1) -> float:
         """Seconds of `calls` calls of collective `op` moving `nbytes` in total (the tensor handed to it)."""
@@ -64,17 +66,32 @@ class DeviceFacts:
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        d["matmul"] = [list(p) for p in self.matmul]
+        for k in ("matmul", "attention"):
+            d[k] = [list(p) for p in getattr(self, k)]
         d["collectives"] = {k: list(v) for k, v in self.collectives.items()}
         return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> DeviceFacts:
         d = dict(d)
-        d["matmul"] = tuple((float(a), float(b)) for a, b in d["matmul"])
+        for k in ("matmul", "attention"):
+            d[k] = tuple((float(a), float(b)) for a, b in d[k])
         d["collectives"] = {k: (float(v[0]), float(v[1])) for k, v in d["collectives"].items()}
-        known = {f for f in cls.__dataclass_fields__}
+        known = set(cls.__dataclass_fields__)
         return cls(**{k: v for k, v in d.items() if k in known})
+
+
+def interpolate(pts: tuple[tuple[float, float], ...], flops: float) -> float:
+    """A rate at `flops` from measured (FLOPs, rate) points: log-log between them; below the smallest, the
+    smallest one's time (a fixed cost dominates there); above the largest, its rate."""
+    f0, r0 = pts[0]
+    if flops <= f0:
+        return r0 * max(flops, 1.0) / f0
+    for (fa, ra), (fb, rb) in zip(pts, pts[1:], strict=False):
+        if flops <= fb:
+            w = (math.log(flops) - math.log(fa)) / (math.log(fb) - math.log(fa))
+            return math.exp(math.log(ra) + w * (math.log(rb) - math.log(ra)))
+    return pts[-1][1]
 
 
 # ---- CPU: measured, cached ----
@@ -129,6 +146,8 @@ DEFAULT_CPU_FACTS = DeviceFacts(
     mem_bytes_per_s=10e9,
     collectives={op: (1.5e-4, 0.4e9) for op in COLLECTIVES},
     dtensor_op_s=6e-5,
+    attention=((3.1e6, 8e9), (1.3e7, 15e9), (1.0e8, 25e9)),
+    elementwise={"gelu_s_per_element": 4.5e-9, "silu_s_per_element": 3e-9, "norm_s_per_element": 3e-9},
     source="default (no measurement of this CPU cached yet: `workbench calibrate` measures it)",
 )
 
@@ -164,6 +183,11 @@ def gpu_facts(device: str, dtype: str) -> DeviceFacts:
         mem_bytes_per_s=HBM_BYTES_PER_S.get(gpu, 1e12) * HBM_FRACTION,
         collectives={op: (NCCL_LATENCY_S, link) for op in COLLECTIVES},
         dtensor_op_s=3e-5,
+        # flash attention reaches about half the dense matmul rate (FlashAttention-2 on an A100: 50-73% of peak
+        # forward, less backward); elementwise kernels at HBM speed (a GELU reads and writes 2 x 2 bytes forward,
+        # about 3 x that backward)
+        attention=tuple((f, top * frac * 0.5) for f, frac in GPU_MATMUL_CURVE),
+        elementwise={k: 16 / (HBM_BYTES_PER_S.get(gpu, 1e12) * HBM_FRACTION) for k in ELEMENTWISE_KINDS},
         source=f"data sheet, unmeasured ({DEVICES[device]['label']}: {dtype} {peak / 1e12:.0f} TFLOP/s dense, "
         f"HBM {HBM_BYTES_PER_S.get(gpu, 1e12) / 1e12:.2f} TB/s, link {link / 1e9:.0f} GB/s)",
         dtype=dtype,

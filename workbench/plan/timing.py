@@ -39,9 +39,9 @@ OPS_RECOMPUTE_BLOCK = 39  # activation checkpointing runs a block's forward agai
 OPS_PER_TENSOR_ADAMW = 16
 OPS_PER_TENSOR_CLIP = 3
 OPS_PER_STEP = 40
-# Bytes an elementwise pass moves per token and d_model, forward (two LayerNorms, two residual adds, the GELU
-# over 4d, the attention's softmax rows): backward moves about twice as much.
-ELEMENTWISE_PASSES = 18
+# Passes over a (tokens, d_model) tensor besides the norms and the activation, forward and backward: two residual
+# adds and their gradients, the attention output's transpose copy forward and back, the gradient sums.
+ELEMENTWISE_PASSES = 12
 # DDP's reducer: an autograd hook per parameter on the synchronising micro-step; FSDP2: hooks and copies per
 # group; both cost about one operation each at this level.
 DDP_BUCKET_BYTES = 25 * 1024 * 1024
@@ -85,15 +85,17 @@ class Timing:
         q_out, kv_out, ff = s.n_head * hd // shard, s.kv_heads * hd // shard, s.ff_dim // shard
         linears = [(d, q_out), (d, kv_out), (d, kv_out), (q_out, d)]
         linears += [(d, ff), (d, ff), (ff, d)] if s.ffn == "swiglu" else [(d, ff), (ff, d)]
-        t = 0.0
-        for k_in, n_out in linears:
-            t += f.matmul_s(tokens, k_in, n_out) * (3 + (1 if self.ckpt else 0))  # forward, 2 backward, recompute
+        again = 1 if self.ckpt else 0  # checkpointing runs the forward again
+        t = sum(f.matmul_s(tokens, k_in, n_out) * (3 + again) for k_in, n_out in linears)  # forward, 2 backward
         seqs = batch if batch is not None else max(1, tokens // s.seq_len)
         heads = max(1, s.n_head // shard)
         T = s.seq_len
-        # attention: scores and weighted values (forward 2, backward 4, flash's backward recomputes the scores 1)
-        t += f.matmul_s(T, hd, T, count=seqs * heads) * (7 + (2 if self.ckpt else 0)) / 2  # causal: half
-        elem = ELEMENTWISE_PASSES * tokens * d * self.p.resid * (3 + (1 if self.ckpt else 0))
+        t += f.attention_s(3 * 4.0 * seqs * heads * T * T * hd) * (1 + again / 3)
+        act = "silu" if s.ffn == "swiglu" else "gelu"
+        t += f.elementwise_s(act, tokens * ff) * (1 + again / 3)
+        t += f.elementwise_s("norm", 2 * tokens * d) * (1 + again / 3)
+        # residual adds, the heads' transposes back to (B, T, d), their gradients: passes over (tokens, d)
+        elem = ELEMENTWISE_PASSES * tokens * d * self.p.resid
         return t + elem / f.mem_bytes_per_s
 
     def outside_s(self, tokens: int) -> float:
@@ -102,7 +104,9 @@ class Timing:
         t = f.matmul_s(tokens, s.d_model, s.vocab_size, count=3)
         return t + 8 * tokens * (s.d_model + s.vocab_size) * 4 / f.mem_bytes_per_s
 
-    def micro_step_s(self, tokens: int, layers: int, shard: int = 1, outside: bool = True, dtensor_ops: int = 0) -> float:
+    def micro_step_s(
+        self, tokens: int, layers: int, shard: int = 1, outside: bool = True, dtensor_ops: int = 0
+    ) -> float:
         """One micro-step's forward + backward on this rank: `layers` blocks, and the parts outside them."""
         ops = layers * (OPS_PER_BLOCK + (OPS_RECOMPUTE_BLOCK if self.ckpt else 0)) + (OPS_OUTSIDE if outside else 0)
         work = layers * self.block_s(tokens, shard) + (self.outside_s(tokens) if outside else 0.0)
@@ -153,7 +157,10 @@ def zero1_time(t: Timing) -> StepTime:
     compute = t.k * t.micro_step_s(t.tokens, s.n_layer) + t.ops_s(t.tensors)
     buckets = max(1, -(-4 * N // DDP_BUCKET_BYTES))
     # ZeroRedundancyOptimizer broadcasts each parameter from the rank that owns it
-    by_op = {"all_reduce": t.comm_s("all_reduce", 4 * N, buckets), "broadcast": t.comm_s("broadcast", t.p.param * N, t.tensors)}
+    by_op = {
+        "all_reduce": t.comm_s("all_reduce", 4 * N, buckets),
+        "broadcast": t.comm_s("broadcast", t.p.param * N, t.tensors),
+    }
     comm = sum(by_op.values())
     last_backward = 2 / 3 * t.micro_step_s(t.tokens, s.n_layer)
     exposed = t.exposed(by_op["all_reduce"], last_backward) + by_op["broadcast"]
