@@ -13,6 +13,9 @@ each with the threads a run gives it, joined by a gloo process group. Together t
   elementwise   seconds per element of GELU, SiLU and LayerNorm, forward + backward
   bandwidth     an elementwise multiply-add over 4 MiB tensors (read + written bytes per second)
   dtensor_op_s  the extra cost of an elementwise operation on a DTensor over a plain tensor's
+  optimizer     clip_grad_norm_ + AdamW per parameter tensor at a nil size, plain and as sharded DTensors
+  tp_linear_s   what a Colwise/Rowwise Linear costs over a plain one (forward + backward, nil size)
+  broadcast_burst_s  per call of a burst of asynchronous broadcasts (ZeroRedundancyOptimizer's hand-over)
   collectives   all_reduce, all_gather, reduce_scatter, broadcast and send/recv of 4 bytes (latency) and of
                 4 MiB (bandwidth = bytes / (time - latency))
 
@@ -155,6 +158,73 @@ def dtensor_cost(world: int) -> float:
     return max(0.0, _median_s(lambda: d * 1.0001, 100, 5) - _median_s(lambda: plain * 1.0001, 100, 5))
 
 
+def optimizer_costs(world: int) -> dict[str, float]:
+    """Seconds per parameter tensor of clip_grad_norm_ + AdamW's step at a nil size (a small model's optimizer
+    step is this fixed cost times its tensors): plain tensors, and DTensors sharded over the processes (FSDP2's
+    and tensor parallelism's parameters)."""
+    import torch
+    import torch.distributed as dist
+
+    def per_tensor(params: list[Any]) -> float:
+        for p in params:
+            p.grad = torch.ones_like(p)
+        opt = torch.optim.AdamW(params, lr=1e-3)
+
+        def step() -> None:
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+
+        dist.barrier()
+        return _median_s(step, 20, 3) / len(params)
+
+    out = {"adamw_s_per_tensor": per_tensor([torch.nn.Parameter(torch.randn(8, 8)) for _ in range(16)])}
+    if world > 1:
+        from torch.distributed.device_mesh import init_device_mesh
+        from torch.distributed.tensor import Shard, distribute_tensor
+
+        mesh = init_device_mesh("cpu", (world,))
+        params = [torch.nn.Parameter(distribute_tensor(torch.randn(8 * world, 8), mesh, [Shard(0)])) for _ in range(16)]
+        out["adamw_dtensor_s_per_tensor"] = per_tensor(params)
+    return out
+
+
+def tp_linear_cost(world: int, allreduce_latency: float) -> float:
+    """The extra seconds one tensor-parallel Linear (Colwise or Rowwise, as parallelize_module applies them)
+    costs over a plain one, forward + backward, at a nil size, its collectives' latency left out."""
+    import torch
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
+
+    mesh = init_device_mesh("cpu", (world,))
+    plain = torch.nn.Sequential(torch.nn.Linear(8 * world, 8 * world), torch.nn.Linear(8 * world, 8 * world))
+    tp = parallelize_module(
+        torch.nn.Sequential(torch.nn.Linear(8 * world, 8 * world), torch.nn.Linear(8 * world, 8 * world)),
+        mesh, {"0": ColwiseParallel(), "1": RowwiseParallel()},
+    )  # fmt: skip
+    x = torch.randn(4, 8 * world)
+    dist.barrier()
+    t_tp = _median_s(lambda: tp(x).sum().backward(), 30, 3)
+    t_plain = _median_s(lambda: plain(x).sum().backward(), 30, 3)
+    return max(0.0, (t_tp - t_plain - 2 * allreduce_latency) / 2)
+
+
+def burst_cost() -> float:
+    """Seconds per call of a burst of asynchronous broadcasts of small tensors, waited together (how
+    ZeroRedundancyOptimizer hands every updated parameter to the other ranks)."""
+    import torch
+    import torch.distributed as dist
+
+    xs = [torch.ones(1024) for _ in range(32)]
+
+    def burst() -> None:
+        for w in [dist.broadcast(x, src=0, async_op=True) for x in xs]:
+            w.wait()
+
+    dist.barrier()
+    return _median_s(burst, 10) / len(xs)
+
+
 def collective_cost(world: int, rank: int) -> dict[str, tuple[float, float]]:
     """(latency s, bytes/s) of each collective, timed in lockstep on every rank."""
     import torch
@@ -208,6 +278,10 @@ def measure_rank(rank: int, world: int, port: int, threads: int, dtype_name: str
     facts["elementwise"] = elementwise_costs(dtype)
     facts["dtensor_op_s"] = dtensor_cost(world) if world > 1 else 0.0
     facts["collectives"] = collective_cost(world, rank) if world > 1 else {}
+    facts["elementwise"].update(optimizer_costs(world))
+    if world > 1:
+        facts["elementwise"]["tp_linear_s"] = tp_linear_cost(world, facts["collectives"]["all_reduce"][0])
+        facts["elementwise"]["broadcast_burst_s"] = burst_cost()
     dist.destroy_process_group()
     if rank == 0:
         with open(out, "w") as f:

@@ -34,7 +34,10 @@ class DeviceFacts:
     collectives: dict[str, tuple[float, float]]  # op -> (latency s, bytes/s of the tensor handed to it)
     dtensor_op_s: float  # extra fixed cost of an operation on a DTensor over a plain tensor's
     attention: tuple[tuple[float, float], ...]  # causal attention forward + backward: (FLOPs, FLOP/s)
-    elementwise: dict[str, float]  # seconds per element, forward + backward: gelu, silu, norm (_s_per_element)
+    # seconds per element, forward + backward: gelu, silu, norm (_s_per_element); seconds per tensor of the
+    # optimizer step (adamw_s_per_tensor, adamw_dtensor_s_per_tensor); a tensor-parallel Linear's extra cost
+    # (tp_linear_s); one call of a burst of asynchronous broadcasts (broadcast_burst_s)
+    elementwise: dict[str, float]
     source: str  # how these were obtained, in words
     measured_at: str | None = None  # ISO-8601 UTC; None for a data sheet or the defaults
     processes: int = 1  # measured with this many processes running at once (they share the machine)
@@ -147,7 +150,9 @@ DEFAULT_CPU_FACTS = DeviceFacts(
     collectives={op: (1.5e-4, 0.4e9) for op in COLLECTIVES},
     dtensor_op_s=6e-5,
     attention=((3.1e6, 8e9), (1.3e7, 15e9), (1.0e8, 25e9)),
-    elementwise={"gelu_s_per_element": 4.5e-9, "silu_s_per_element": 3e-9, "norm_s_per_element": 3e-9},
+    elementwise={"gelu_s_per_element": 5.6e-9, "silu_s_per_element": 4e-9, "norm_s_per_element": 4.7e-9,
+                 "adamw_s_per_tensor": 1.25e-4, "adamw_dtensor_s_per_tensor": 7.5e-4, "tp_linear_s": 1.2e-3,
+                 "broadcast_burst_s": 2.6e-4},
     source="default (no measurement of this CPU cached yet: `workbench calibrate` measures it)",
 )
 
@@ -166,8 +171,12 @@ HBM_FRACTION = 0.8
 # Small matmuls do not fill the device: the fraction of the large-matmul rate by FLOPs of one matmul (cuBLAS on
 # an A100/H100 reaches about 60% of its rate at 1 GFLOP, 5% at 10 MFLOP).
 GPU_MATMUL_CURVE = ((1e7, 0.05), (1e8, 0.3), (1e9, 0.6), (1e10, 0.85), (1e11, 1.0))
-GPU_OP_S = 5e-6  # a kernel launch through PyTorch's dispatcher, host side
 NCCL_LATENCY_S = 2e-5  # one NCCL collective's fixed cost within a node
+GPU_OP_S = 5e-6  # a kernel launch through PyTorch's dispatcher, host side
+# Host-side fixed costs (queued while the GPU works): AdamW's foreach step per tensor, a DTensor's per tensor, a
+# tensor-parallel Linear's DTensor dispatch, one asynchronous NCCL broadcast of a burst.
+GPU_HOST_COSTS = {"adamw_s_per_tensor": 2e-5, "adamw_dtensor_s_per_tensor": 2e-4, "tp_linear_s": 3e-4,
+                  "broadcast_burst_s": NCCL_LATENCY_S}  # fmt: skip
 
 
 def gpu_facts(device: str, dtype: str) -> DeviceFacts:
@@ -187,7 +196,8 @@ def gpu_facts(device: str, dtype: str) -> DeviceFacts:
         # forward, less backward); elementwise kernels at HBM speed (a GELU reads and writes 2 x 2 bytes forward,
         # about 3 x that backward)
         attention=tuple((f, top * frac * 0.5) for f, frac in GPU_MATMUL_CURVE),
-        elementwise={k: 16 / (HBM_BYTES_PER_S.get(gpu, 1e12) * HBM_FRACTION) for k in ELEMENTWISE_KINDS},
+        elementwise={k: 16 / (HBM_BYTES_PER_S.get(gpu, 1e12) * HBM_FRACTION) for k in ELEMENTWISE_KINDS}
+        | GPU_HOST_COSTS,
         source=f"data sheet, unmeasured ({DEVICES[device]['label']}: {dtype} {peak / 1e12:.0f} TFLOP/s dense, "
         f"HBM {HBM_BYTES_PER_S.get(gpu, 1e12) / 1e12:.2f} TB/s, link {link / 1e9:.0f} GB/s)",
         dtype=dtype,

@@ -114,9 +114,13 @@ class Timing:
         return max(work, host) if self.f.asynchronous else work + host
 
     def optimizer_s(self, numel: int, tensors: int, dtensor: bool = False) -> float:
-        """Clip + AdamW over `tensors` tensors of `numel` elements in all (fp32 params, grads and two moments)."""
-        work = (28 + 8) * numel / self.f.mem_bytes_per_s  # AdamW reads 4, writes 3 fp32 per element; the norm 2
-        host = self.ops_s(tensors * (OPS_PER_TENSOR_ADAMW + OPS_PER_TENSOR_CLIP), dtensor)
+        """clip_grad_norm_ + AdamW over `tensors` tensors of `numel` elements in all: a measured fixed cost per
+        tensor (plain, or a sharded DTensor's), and the bytes (AdamW reads 4 and writes 3 fp32 per element, the
+        norm reads the gradient twice)."""
+        e = self.f.elementwise
+        per = e.get("adamw_dtensor_s_per_tensor", 0.0) if dtensor else e.get("adamw_s_per_tensor", 0.0)
+        work = (28 + 8) * numel / self.f.mem_bytes_per_s
+        host = tensors * (per or self.f.op_s * (OPS_PER_TENSOR_ADAMW + OPS_PER_TENSOR_CLIP))
         return max(work, host) if self.f.asynchronous else work + host
 
     def comm_s(self, op: str, nbytes: float, calls: int = 1) -> float:
@@ -201,17 +205,18 @@ def tp_time(t: Timing) -> StepTime:
     tokens = t.tokens * tp  # a row computes on its ranks' micro-batches stacked
     styles = list(s.tp_plan().values())
     linears = len(styles)
-    # each sharded Linear's forward and backward runs through DTensor: ~6 dispatches each
-    compute = k * t.micro_step_s(tokens, s.n_layer, shard=tp, dtensor_ops=s.n_layer * linears * 6)
+    # each sharded Linear's forward and backward runs through DTensor: its measured extra cost per Linear
+    tp_linear = t.f.elementwise.get("tp_linear_s", 6 * t.f.dtensor_op_s)
+    compute = k * (t.micro_step_s(tokens, s.n_layer, shard=tp) + s.n_layer * linears * tp_linear)
     calls = k * s.n_layer * (styles.count("rowwise") + styles.count("colwise") + (1 if t.ckpt else 0))
     ar_bytes = t.comm_by_op.get("all_reduce", 0)
     by_op = {"all_reduce": t.comm_s("all_reduce", ar_bytes, calls),
              "all_gather": t.comm_s("all_gather", t.comm_by_op.get("all_gather", 0), k)}  # fmt: skip
     comm = sum(by_op.values())
     block_tensors = len(s.block_tensors()) * s.n_layer
-    # the block parameters are DTensors: each of the optimizer's operations on them dispatches through DTensor
-    opt = t.optimizer_s(s.num_params // tp, t.tensors)
-    opt += block_tensors * (OPS_PER_TENSOR_ADAMW + OPS_PER_TENSOR_CLIP) * t.f.dtensor_op_s
+    # the sharded Linears' parameters are DTensors; the norms and the parts outside the blocks stay plain
+    dtensors = s.n_layer * sum(1 + (1 if s.bias else 0) for _ in styles)
+    opt = t.optimizer_s(s.num_params // tp, t.tensors - dtensors) + t.optimizer_s(0, dtensors, dtensor=True)
     return t.result(compute, opt, comm, t.exposed(comm, 0.0), by_op=by_op)
 
 
