@@ -105,6 +105,31 @@ def target_devices(cfg: RunConfig, device: str | None) -> tuple[DeviceInfo | Non
     return DeviceInfo("cuda", cfg.parallel.num_processes, DEVICES[key]["label"], capability, fp8_backend()), False
 
 
+VARIED = ("parallel.strategy", "parallel.tp_size", "parallel.pp_size", "micro_batch_size", "grad_accum_steps",
+          "activation_checkpointing", "precision")  # fmt: skip
+
+
+def changed_keys(cfg: RunConfig, other: RunConfig) -> dict[str, Any]:
+    """The keys suggest varies whose value in `other` differs from cfg's, with other's values."""
+
+    def value(c: RunConfig, key: str) -> Any:
+        head, _, leaf = key.rpartition(".")
+        return getattr(getattr(c, head) if head else c, leaf)
+
+    return {k: value(other, k) for k in VARIED if value(cfg, k) != value(other, k)}
+
+
+def check_trials(cfg: RunConfig, device: str | None, trials: int) -> DeviceInfo | None:
+    """ValueError unless `trials` is a count that `device` can take (trials run here); the devices to validate for."""
+    if not isinstance(trials, int) or isinstance(trials, bool) or trials < 0:
+        raise ValueError(f"trials must be a whole number >= 0, got {trials!r}")
+    devices, here = target_devices(cfg, device)
+    if trials and not here:
+        raise ValueError(f"trials run on this machine; device {device!r} is another one: plan it with trials=0, or "
+                         "leave device out to try candidates here")  # fmt: skip
+    return devices
+
+
 def layout_overrides(cfg: RunConfig) -> list[dict[str, Any]]:
     """parallel.strategy (+ tp_size / pp_size) of every registered layout the process count allows."""
     n, out = cfg.parallel.num_processes, []
@@ -123,16 +148,21 @@ def candidate_name(base: str, o: dict[str, Any]) -> str:
     """``quickstart-zero2-mb8x2``, ``-tp2`` / ``-pp2`` for a degree, ``-ckpt``, ``-bf16`` (within 128 characters)."""
     sizes = "".join(f"-{k}{o[f'parallel.{k}_size']}" for k in ("tp", "pp") if o[f"parallel.{k}_size"] > 1)
     tail = f"-{o['parallel.strategy']}{sizes}-mb{o['micro_batch_size']}x{o['grad_accum_steps']}"
-    tail += ("-ckpt" if o["activation_checkpointing"] else "") + (
-        "" if o["precision"] == "fp32" else f"-{o['precision']}"
-    )
+    tail += "-ckpt" if o["activation_checkpointing"] else ""
+    tail += "" if o["precision"] == "fp32" else f"-{o['precision']}"
     return base[: 128 - len(tail)] + tail
+
+
+def batch_splits(per_process: int) -> list[tuple[int, int]]:
+    """Every (micro_batch_size, grad_accum_steps) whose product is `per_process`, smallest micro-batch first."""
+    small = [k for k in range(1, int(per_process**0.5) + 1) if per_process % k == 0]
+    micro = sorted(set(small + [per_process // k for k in small]))
+    return [(m, per_process // m) for m in micro]
 
 
 def candidate_overrides(cfg: RunConfig, on_cpu: bool) -> list[dict[str, Any]]:
     """Every combination to plan, at cfg's global batch: micro_batch_size x grad_accum_steps = cfg's product."""
-    per_process = cfg.micro_batch_size * cfg.grad_accum_steps
-    splits = [(m, per_process // m) for m in divisors(per_process)]
+    splits = batch_splits(cfg.micro_batch_size * cfg.grad_accum_steps)
     out = []
     for lay in layout_overrides(cfg):
         spec = STRATEGY_SPECS[lay["parallel.strategy"]]
@@ -152,12 +182,7 @@ def suggest(
     for real, one after another, `trial_steps` optimizer steps each (this machine only: ValueError otherwise).
     Raises ConfigError when cfg itself does not validate.
     """
-    if not isinstance(trials, int) or trials < 0:
-        raise ValueError(f"trials must be a whole number >= 0, got {trials!r}")
-    devices, here = target_devices(cfg, device)
-    if trials and not here:
-        raise ValueError(f"trials run on this machine; device {device!r} is another one: plan it with trials=0, or "
-                         "leave device out to try candidates here")  # fmt: skip
+    devices = check_trials(cfg, device, trials)
     problems = cfg.validate(devices)
     if problems:
         raise ConfigError(problems)
@@ -173,7 +198,8 @@ def suggest(
             continue
         if p.fits and c.global_batch_size == cfg.global_batch_size:
             found.append(Candidate(c, p))
-    found.sort(key=lambda k: (-k.plan.tokens_per_s, k.memory_bytes, k.name))
+    # equal predictions (a precision this CPU has no measured facts for is timed as fp32): cfg's own values first
+    found.sort(key=lambda k: (-k.plan.tokens_per_s, len(changed_keys(cfg, k.config)), k.memory_bytes, k.name))
     for cand in found[:trials]:
         try_candidate(cand, trial_steps)
     return found
@@ -222,4 +248,13 @@ def suggest_table(cands: list[Candidate]) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["Candidate", "suggest", "suggest_table", "target_devices", "try_candidate"]
+__all__ = [
+    "VARIED",
+    "Candidate",
+    "changed_keys",
+    "check_trials",
+    "suggest",
+    "suggest_table",
+    "target_devices",
+    "try_candidate",
+]
