@@ -174,15 +174,20 @@ def candidate_overrides(cfg: RunConfig, on_cpu: bool) -> list[dict[str, Any]]:
 
 
 def suggest(
-    cfg: RunConfig, device: str | None = None, trials: int = 0, trial_steps: int = TRIAL_STEPS
+    cfg: RunConfig,
+    device: str | None = None,
+    trials: int = 0,
+    trial_steps: int = TRIAL_STEPS,
+    devices: DeviceInfo | None = None,
 ) -> list[Candidate]:
     """The configs that fit at cfg's global batch, fastest predicted tokens/s first (module docstring).
 
     device: what to plan for ("h100", "cpu", ...; None: this machine). trials: try the first `trials` candidates
     for real, one after another, `trial_steps` optimizer steps each (this machine only: ValueError otherwise).
-    Raises ConfigError when cfg itself does not validate.
+    devices: what this machine offers, for validation when device is None (default: detected; the config panel
+    passes its own). Raises ConfigError when cfg itself does not validate.
     """
-    devices = check_trials(cfg, device, trials)
+    devices = check_trials(cfg, device, trials) or devices
     problems = cfg.validate(devices)
     if problems:
         raise ConfigError(problems)
