@@ -97,6 +97,8 @@ def test_another_device_plans_but_never_trains(cfg0):
         wb.suggest(cfg0, device="abacus")
     with pytest.raises(ValueError, match="trials must be"):
         wb.suggest(cfg0, trials=-1)
+    with pytest.raises(ValueError, match="2 or more steps"):
+        wb.suggest(cfg0, trials=1, trial_steps=1)
 
 
 def test_a_bad_config_is_refused(cfg0):

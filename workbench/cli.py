@@ -177,7 +177,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
     try:
         cfg = _load(args.config, args.set)
-        check_trials(cfg, args.device, args.trials)  # refused on another device before anything is printed
+        # trials on another device are refused before anything is printed
+        check_trials(cfg, args.device, args.trials, args.trial_steps)
         if args.trials:
             print(f"trying the {args.trials} fastest predicted, {args.trial_steps} steps each ...", flush=True)
         cands = suggest(cfg, device=args.device, trials=args.trials, trial_steps=args.trial_steps)
@@ -186,11 +187,11 @@ def cmd_tune(args: argparse.Namespace) -> int:
     if not cands:
         return _fail(f"no layout, micro-batch split, precision or checkpointing fits at global batch "
                      f"{cfg.global_batch_size}: lower micro_batch_size x grad_accum_steps, or plan a larger device")  # fmt: skip
-    device = cands[0].plan.device_label
-    print(f"{cfg.name}: {len(cands)} configs fit on {device} at global batch {cfg.global_batch_size} "
-          f"({cfg.parallel.num_processes} processes); the {min(args.top, len(cands))} fastest predicted:")  # fmt: skip
-    print(suggest_table(cands[: args.top]))
-    for i, c in enumerate(cands[: args.top], 1):
+    shown = cands[: max(args.top, args.trials)]  # every tried one, at least
+    print(f"{cfg.name}: {len(cands)} configs fit on {cands[0].plan.device_label} at global batch "
+          f"{cfg.global_batch_size} ({cfg.parallel.num_processes} processes); the {len(shown)} fastest predicted:")  # fmt: skip
+    print(suggest_table(shown))
+    for i, c in enumerate(shown, 1):
         if c.error:
             print(f"rank {i} trial failed: {c.error}", file=sys.stderr)
     changed = changed_keys(cfg, cands[0].config)

@@ -119,10 +119,13 @@ def changed_keys(cfg: RunConfig, other: RunConfig) -> dict[str, Any]:
     return {k: value(other, k) for k in VARIED if value(cfg, k) != value(other, k)}
 
 
-def check_trials(cfg: RunConfig, device: str | None, trials: int) -> DeviceInfo | None:
-    """ValueError unless `trials` is a count that `device` can take (trials run here); the devices to validate for."""
+def check_trials(cfg: RunConfig, device: str | None, trials: int, steps: int = TRIAL_STEPS) -> DeviceInfo | None:
+    """ValueError unless `trials` of `steps` steps each are what `device` can take (trials run here); returns the
+    devices to validate against (None: this machine's)."""
     if not isinstance(trials, int) or isinstance(trials, bool) or trials < 0:
         raise ValueError(f"trials must be a whole number >= 0, got {trials!r}")
+    if trials and (not isinstance(steps, int) or steps < 2):
+        raise ValueError(f"a trial needs 2 or more steps (the first event is warm-up), got trial_steps {steps!r}")
     devices, here = target_devices(cfg, device)
     if trials and not here:
         raise ValueError(f"trials run on this machine; device {device!r} is another one: plan it with trials=0, or "
@@ -187,7 +190,7 @@ def suggest(
     devices: what this machine offers, for validation when device is None (default: detected; the config panel
     passes its own). Raises ConfigError when cfg itself does not validate.
     """
-    devices = check_trials(cfg, device, trials) or devices
+    devices = check_trials(cfg, device, trials, trial_steps) or devices
     problems = cfg.validate(devices)
     if problems:
         raise ConfigError(problems)
