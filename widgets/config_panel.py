@@ -12,8 +12,9 @@ without a change.
 
 On every change the panel rebuilds the RunConfig, validates it (``cfg.validate()`` + the run-folder checks of
 ``launch``), disables what cannot run here (widgets/panel_rules.py), and replans (widgets/plan_view.py). All of
-it is arithmetic over the config: no model is built per keystroke. Save / load / copy-as-CLI and Launch are
-the actions at the bottom.
+it is arithmetic over the config: no model is built per keystroke. "fastest that fit" (widgets/suggest_view.py)
+ranks the configs that fit at the same global batch when opened or asked. Save / load / copy-as-CLI and Launch
+are the actions at the bottom.
 """
 
 from __future__ import annotations
@@ -43,8 +44,9 @@ from widgets.controls import (
 )
 from widgets.panel_files import PRESET_KEYS, PRESETS, cli_command, matching_preset
 from widgets.panel_rules import max_processes, show_availability, strategy_rules
-from widgets.plan_view import PlanChart, derived_table, derived_values
+from widgets.plan_view import THIS_MACHINE, PlanChart, derived_table, derived_values
 from widgets.problems_view import show_problems
+from widgets.suggest_view import SuggestView
 from workbench import prelaunch
 from workbench.config import ConfigError, DeviceInfo, Problem, RunConfig
 from workbench.runs import next_free_name
@@ -63,7 +65,8 @@ class ConfigPanel(W.VBox):
     widget of a key; ``notes[key]`` / ``messages[key]``: the grey note and the red problems under it.
     ``problems``: what stops a launch now. ``derived``: global batch, tokens per step, parameter count.
     ``unavailable[key][option]``: why an option is disabled here. ``base``: the config the controls started
-    from (keys without a control come from it). ``launch()`` starts the run (the Launch button), returns its Run.
+    from (keys without a control come from it). ``suggestions``: the "fastest that fit" view (widgets/suggest_view.py),
+    whose Apply sets the controls. ``launch()`` starts the run (the Launch button), returns its Run.
     """
 
     def __init__(self, config: RunConfig | str | None = None, devices: DeviceInfo | None = None):
@@ -99,9 +102,13 @@ class ConfigPanel(W.VBox):
         )
         launch_row, file_row = self._build_actions()
         side = W.VBox([self.derived_html, self.plan_chart])
+        # the fastest configs that fit at this global batch: computed when opened or asked, never per keystroke
+        self.suggestions = SuggestView(lambda: self.config, self.set_config, self._plan_device, self.devices)
+        self.suggest_section = W.Accordion([self.suggestions], titles=("fastest that fit",), selected_index=None)
+        self.suggest_section.observe(self._suggest_opened, names="selected_index")
         super().__init__(
-            [groups, W.HBox([side], layout=W.Layout(width="100%")), self.problems_html, launch_row, file_row,
-             self.cli_text, self.cli_copy]
+            [groups, W.HBox([side], layout=W.Layout(width="100%")), self.suggest_section, self.problems_html,
+             launch_row, file_row, self.cli_text, self.cli_copy]
         )  # fmt: skip
         self._set_n_head_options(self._base.model.d_model)
         self._updating = True
@@ -305,6 +312,15 @@ class ConfigPanel(W.VBox):
         if self._cfg is not None:
             self.derived = derived_values(self._cfg, self.plan)
             self.derived_html.value = derived_table(self._cfg, self.derived, self.plan)
+
+    def _plan_device(self) -> str | None:
+        """The device the plan chart plans for (None: this machine)."""
+        value = self.plan_chart.device.value
+        return None if value == THIS_MACHINE else value
+
+    def _suggest_opened(self, change: Any) -> None:
+        if change["new"] is not None:
+            self.suggestions.refresh()
 
     def _update_availability(self, cfg: RunConfig) -> None:
         """Disable what this machine or this config cannot run, and say why."""

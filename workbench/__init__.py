@@ -15,10 +15,12 @@ from workbench.launch import launch
 from workbench.notebook import notebook_launch
 from workbench.plan import Plan, RankMemory, plan
 from workbench.runs import Run, list_runs
+from workbench.suggest import Candidate, suggest, suggest_table
 from workbench.sweep import Sweep, sweep
 from workbench.telemetry import Reporter
 
 __all__ = [
+    "Candidate",
     "ConfigError",
     "DeviceInfo",
     "Plan",
@@ -34,6 +36,8 @@ __all__ = [
     "notebook_launch",
     "plan",
     "register_layout",
+    "suggest",
+    "suggest_table",
     "sweep",
 ]
 __version__ = "0.1.0"

@@ -172,6 +172,35 @@ def cmd_plan(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_tune(args: argparse.Namespace) -> int:
+    from workbench.suggest import changed_keys, check_trials, suggest, suggest_table
+
+    try:
+        cfg = _load(args.config, args.set)
+        # trials on another device are refused before anything is printed
+        check_trials(cfg, args.device, args.trials, args.trial_steps)
+        if args.trials:
+            print(f"trying the {args.trials} fastest predicted, {args.trial_steps} steps each ...", flush=True)
+        cands = suggest(cfg, device=args.device, trials=args.trials, trial_steps=args.trial_steps)
+    except ValueError as e:  # ConfigError (a bad config), an unknown --device, --trials on another device
+        return _fail(str(e))
+    if not cands:
+        return _fail(f"no layout, micro-batch split, precision or checkpointing fits at global batch "
+                     f"{cfg.global_batch_size}: lower micro_batch_size x grad_accum_steps, or plan a larger device")  # fmt: skip
+    shown = cands[: max(args.top, args.trials)]  # every tried one, at least
+    print(f"{cfg.name}: {len(cands)} configs fit on {cands[0].plan.device_label} at global batch "
+          f"{cfg.global_batch_size} ({cfg.parallel.num_processes} processes); the {len(shown)} fastest predicted:")  # fmt: skip
+    print(suggest_table(shown))
+    for i, c in enumerate(shown, 1):
+        if c.error:
+            print(f"rank {i} trial failed: {c.error}", file=sys.stderr)
+    changed = changed_keys(cfg, cands[0].config)
+    sets = [kv for kv in args.set or [] if kv.split("=", 1)[0].strip() not in changed]
+    sets += [f"{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in changed.items()]
+    print(f"\nrank 1: workbench train {args.config} " + " ".join(f"--set {kv}" for kv in sets))
+    return 0
+
+
 def cmd_stop(args: argparse.Namespace) -> int:
     run = Run.attach(os.path.join(args.runs_dir, args.name))
     run.stop()
@@ -383,13 +412,23 @@ def _run_commands(sub: Any) -> None:
 
 
 def _plan_commands(sub: Any) -> None:
-    """plan, tensorboard, scale-out: look at a config or its runs without training."""
+    """plan, tune, tensorboard, scale-out: look at a config or its runs without training (tune's trials train)."""
     pl = sub.add_parser("plan", help="memory per rank, FLOPs, time and communication of a config, without running it")
     pl.add_argument("config")
     pl.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a key, e.g. --set precision=bf16")
     pl.add_argument("--device", default=None, help="h100, h200, a100-40, a100-80, cpu, ... (default: this machine)")
     pl.add_argument("--json", action="store_true", help="print the plan as JSON")
     pl.set_defaults(fn=cmd_plan)
+
+    tu = sub.add_parser("tune", help="the fastest configs that fit at the config's global batch: every layout, "
+                        "micro-batch split, precision and checkpointing, planned (and the top ones tried)")  # fmt: skip
+    tu.add_argument("config")
+    tu.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a key, e.g. --set precision=bf16")
+    tu.add_argument("--device", default=None, help="h100, h200, a100-40, cpu, ... (default: this machine)")
+    tu.add_argument("--trials", type=int, default=0, metavar="K", help="try the K fastest for real here (default 0)")
+    tu.add_argument("--trial-steps", type=int, default=20, metavar="S", help="optimizer steps per trial (default 20)")
+    tu.add_argument("--top", type=int, default=10, metavar="N", help="rows to print (default 10)")
+    tu.set_defaults(fn=cmd_tune)
 
     b = sub.add_parser("tensorboard", help="TensorBoard on 127.0.0.1 over the runs folder")
     b.add_argument("--runs-dir", default="runs")
