@@ -147,6 +147,7 @@ def test_dashboard_shows_the_predicted_line_the_ratio_and_the_verdict(quickstart
     assert db.throughput_fig.layout.yaxis.range[1] >= 3_000  # the predicted level is on the figure
     assert "below the predicted 3,000" in db.prediction["verdict"]
     assert "more than 1.5x off the prediction" in db.prediction_html.value
+    assert "set profile_steps" not in db.prediction_html.value  # profiled: the parts are below
     assert [r["part"] for r in db.parts_rows] == [r["part"] for r in parts_table(planned(), profile)]
     assert "predicted against measured" in db.parts_html.value and "forward_ms + backward_ms" in db.parts_html.value
     db.set_run(write_run(os.path.abspath("runs/none"), quickstart, events_of(10)))  # no plan: no line

@@ -525,6 +525,7 @@ class Dashboard(W.VBox):
         self.profile = summary
         self.parts_rows = parts_table(self._plan(), summary) if summary is not None else []
         self.parts_html.value = parts_table_html(self.parts_rows)
+        self.prediction_html.value = prediction_html(self.prediction, profiled=summary is not None)  # its hint
         if summary is None:
             self.profile_box.children = []
             self.profile_box.layout.display = "none"
