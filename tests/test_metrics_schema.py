@@ -29,7 +29,9 @@ def test_keys_are_unique_and_columns_consistent():
         assert m.when in (ms.EVERY, ms.EVAL, ms.FIRST, ms.LAST), m
         assert not m.smoothed or m.figure, f"{m.key}: smoothed but drawn nowhere"
         assert "|" not in m.meaning + m.unit, f"{m.key}: '|' would break README's table"
-    assert len(set(ms.COMPARE_COLUMNS)) == len(ms.COMPARE_COLUMNS)
+    assert len(set(ms.SUMMARY_COLUMNS)) == len(ms.SUMMARY_COLUMNS)
+    assert set(ms.SUMMARY_COLUMNS) == {*ms.COMPARE_COLUMNS, *ms.PREDICTION_COLUMNS}
+    assert not set(ms.PREDICTION_COLUMNS) & set(ms.KEYS)  # summary columns, not metric keys
 
 
 def test_tensorboard_and_hparams_follow_the_schema():
@@ -47,7 +49,7 @@ def test_summary_has_every_compare_column(workdir, quickstart):
     os.makedirs(run_dir)
     quickstart.override({"name": "empty"}).to_yaml(os.path.join(run_dir, "config.yaml"))
     summary = wb.Run(run_dir).summary()
-    assert set(ms.COMPARE_COLUMNS) <= set(summary), set(ms.COMPARE_COLUMNS) - set(summary)
+    assert set(ms.SUMMARY_COLUMNS) <= set(summary), set(ms.SUMMARY_COLUMNS) - set(summary)
 
 
 def test_dashboard_and_compare_read_the_schema():
@@ -67,7 +69,7 @@ def test_dashboard_and_compare_read_the_schema():
         assert [t.name for t in fig.data] == want, name
         assert all(trace(fig, n).name == n for n in want)
     assert all(ms.BY_KEY[k].figure in SERIES_FIGURES for k in SCALARS)  # RunStore's columns: series drawn
-    assert METRIC_COLUMNS == ("status", *ms.COMPARE_COLUMNS)
+    assert METRIC_COLUMNS == ("status", *ms.SUMMARY_COLUMNS)
     db.close()
 
 

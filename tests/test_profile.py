@@ -122,3 +122,14 @@ def test_profiled_run(tmp_path, quickstart):
     events = run.metrics()
     assert "tokens_per_s" not in events[0] or events[0]["tokens_per_s"] > 0  # steps 3-4 profiled: out of tokens/s
     assert all(e["tokens_per_s"] > 0 for e in events[1:])
+    # the predicted parts next to the measured ones (tests/test_prediction.py has the rest of the mapping)
+    from tests.test_prediction import check_recorded_prediction
+    from workbench.prediction import IN_STEP, parts_table
+
+    check_recorded_prediction(run)
+    rows = {r["part"]: r for r in parts_table(run.info["planned"], summary)}
+    assert list(rows) == [*IN_STEP, "step", "communication (all)"]
+    assert all(r["predicted_ms"] is not None and len(r["measured_by_rank_ms"]) == 2 for r in rows.values())
+    assert rows["compute"]["measured_ms"] > 0 and rows["step"]["measured_ms"] > 0 and rows["step"]["predicted_ms"] > 0
+    assert sum(rows[p]["measured_ms"] for p in IN_STEP) <= rows["step"]["measured_ms"] * 1.0001
+    assert sum(rows[p]["predicted_ms"] for p in IN_STEP) == pytest.approx(rows["step"]["predicted_ms"])

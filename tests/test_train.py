@@ -255,6 +255,14 @@ def test_cli_train_and_runs(workdir):
     assert "final train loss" in out.stdout and "tokens/s" in out.stdout and "workbench tensorboard" in out.stdout
     listing = subprocess.run(["workbench", "runs"], capture_output=True, text=True).stdout
     assert "cli" in listing and "finished" in listing
+    # every run checks the prediction: planned["time"] recorded, the summary's predicted tokens/s and ratio, and the
+    # CLI's line (tests/test_prediction.py)
+    from tests.test_prediction import check_recorded_prediction
+
+    s = check_recorded_prediction(wb.Run.attach(os.path.join("runs", "cli")))
+    assert f"predicted {s['predicted_tokens_per_s']:,.0f} tokens/s, measured" in out.stdout
+    assert ("VERDICT" in out.stdout) == (s["prediction_verdict"] is not None)
+    assert f"{s['predicted_tokens_per_s']:.0f}" in listing
     bad = subprocess.run(
         ["workbench", "train", QUICKSTART, "--set", "grad_accum_steps=0"], capture_output=True, text=True
     )

@@ -29,12 +29,18 @@ from widgets.downsample import MAX_POINTS, lttb, minmax
 from widgets.figures import COLORS, FIGURE_WIDTH
 from widgets.smoothing import ema
 from widgets.timeline import breakdown_figure, timeline_figure
-from workbench.metrics_schema import COMPARE_COLUMNS
+from workbench.metrics_schema import SUMMARY_COLUMNS
 from workbench.profiling import load_profile
 from workbench.runs import Run, list_runs
 
-# the run's state, then Run.summary()'s columns of the metrics (workbench/metrics_schema.py, column "compare")
-METRIC_COLUMNS = ("status", *COMPARE_COLUMNS)
+# the run's state, then Run.summary()'s columns of the metrics (workbench/metrics_schema.py, column "compare"),
+# with the plan's predicted tokens/s and predicted / measured after the measured tokens_per_s
+METRIC_COLUMNS = ("status", *SUMMARY_COLUMNS)
+HEADING_TIPS = {
+    "tokens_per_s": "measured: the mean of the timed log intervals after the first",
+    "predicted_tokens_per_s": "the plan's step-time model (status.json planned)",
+    "prediction_ratio": "predicted / measured tokens/s; red: more than 1.5x off either way",
+}
 SKIP_KEYS = ("name",)  # differs between every pair of runs by construction
 
 
@@ -45,13 +51,24 @@ def _fmt(col: str, v: Any) -> str:
         return f"{100 * v:.2f}%"
     if col == "peak_mem_bytes" and isinstance(v, (int, float)):
         return f"{v / 2**20:,.0f} MiB"
-    if col == "tokens_per_s" and isinstance(v, (int, float)):
+    if col in ("tokens_per_s", "predicted_tokens_per_s") and isinstance(v, (int, float)):
         return f"{v:,.0f}"
+    if col == "prediction_ratio" and isinstance(v, (int, float)):
+        return f"{v:.2f}"
     if isinstance(v, float):
         return f"{v:.4g}"
     if isinstance(v, (list, tuple)):
         return ", ".join(_fmt(col, x) for x in v)
     return str(v)
+
+
+def _cell(col: str, row: dict[str, Any]) -> str:
+    """A table cell; the ratio of a run more than 1.5x off its prediction in red, the verdict as its tooltip."""
+    text = html.escape(_fmt(col, row.get(col)))
+    if col == "prediction_ratio" and row.get("prediction_verdict"):
+        return (f"<td style='padding:2px 8px;color:#d62728;font-weight:bold' "
+                f"title='{html.escape(row['prediction_verdict'])}'>{text}</td>")  # fmt: skip
+    return f"<td style='padding:2px 8px'>{text}</td>"
 
 
 def _sort_key(v: Any) -> tuple:
@@ -270,6 +287,7 @@ class Compare(W.VBox):
                 row[k] = cfg.get(k)
             for k in METRIC_COLUMNS:
                 row[k] = summary.get(k)
+            row["prediction_verdict"] = summary.get("prediction_verdict")  # not a column: the ratio's tooltip
             rows.append(row)
         self.rows = rows
         current = self.sort_by.value
@@ -296,15 +314,11 @@ class Compare(W.VBox):
             return
         arrow = " &#9660;" if self.descending.value else " &#9650;"
         head = "".join(
-            f"<th style='padding:2px 8px;text-align:left'>{html.escape(c)}{arrow if c == col else ''}</th>"
+            f"<th style='padding:2px 8px;text-align:left' title='{html.escape(HEADING_TIPS.get(c, c))}'>"
+            f"{html.escape(c)}{arrow if c == col else ''}</th>"
             for c in self.columns
         )
-        body = "".join(
-            "<tr>"
-            + "".join(f"<td style='padding:2px 8px'>{html.escape(_fmt(c, r.get(c)))}</td>" for c in self.columns)
-            + "</tr>"
-            for r in self.rows
-        )
+        body = "".join("<tr>" + "".join(_cell(c, r) for c in self.columns) + "</tr>" for r in self.rows)
         self.table_html.value = (
             f"<table style='border-collapse:collapse;font-size:95%'><thead><tr style='border-bottom:1px solid #999'>"
             f"{head}</tr></thead><tbody>{body}</tbody></table>"

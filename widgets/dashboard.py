@@ -18,7 +18,11 @@ How the data flows, and why:
 - What does not change from step to step is not a time series: the communication payload per optimizer step
   is fixed by the layout, so it is one bar per rank (the last step's bytes), with its range if it ever moved.
 - A run with ``profile_steps: N`` writes profile/summary.json once its profiled steps are done; the dashboard
-  then shows the step timeline and the per-rank breakdown below the figures (widgets/timeline.py).
+  then shows the step timeline and the per-rank breakdown below the figures (widgets/timeline.py), and the
+  predicted parts of a step next to the measured ones (widgets/prediction_view.py).
+- Every run checks the prediction (workbench/prediction.py): the plan's tokens/s is a dashed level on the
+  tokens/s figure, and a line under the status sets it against the measured tokens/s, with the verdict in red
+  when the run is more than 1.5x off either way.
 """
 
 from __future__ import annotations
@@ -50,10 +54,12 @@ from widgets.figures import (
     trace,
 )
 from widgets.fmt import fmt_bytes, fmt_duration
+from widgets.prediction_view import parts_table_html, predicted_shape, prediction_html
 from widgets.smoothing import EMA
 from widgets.tensorboard import TensorBoardButton
 from widgets.timeline import breakdown_figure, timeline_figure
 from workbench.metrics_schema import BY_KEY, EVAL, Metric, figure_metrics
+from workbench.prediction import check, parts_table, planned_of, predicted_tokens_per_s
 from workbench.profiling import load_profile
 from workbench.runs import TERMINAL, Run
 
@@ -69,7 +75,9 @@ class Dashboard(W.VBox):
 
     The plotly figures are attributes (``loss_fig``, ``throughput_fig``, ``memory_fig``, ``lr_fig``,
     ``grad_norm_fig``, ``comm_fig``; ``timeline_fig`` and ``breakdown_fig`` once a profiled run has written its
-    profile summary). ``set_run(run)`` points the dashboard at another run.
+    profile summary). ``prediction``: predicted against measured tokens/s (``workbench.prediction.check``), shown
+    in ``prediction_html``; ``parts_rows``: a profiled run's predicted and measured parts, in ``parts_html``.
+    ``set_run(run)`` points the dashboard at another run.
     """
 
     MAX_REDRAWS_PER_S = 5.0
@@ -101,6 +109,10 @@ class Dashboard(W.VBox):
         self.log_y = W.Checkbox(value=False, description="log y", indent=False)
         self.status_html = W.HTML("<b>no run</b>")
         self.error_html = W.HTML("")
+        self.prediction_html = W.HTML("")
+        self.prediction: dict[str, Any] | None = None
+        self._planned: dict[str, Any] | None = None  # status.json's "planned", until the first event brings it
+        self._shapes: tuple[dict[str, Any], ...] = ()
         # highlighted only while there is a run to stop (see _show_stoppable)
         self.stop_button = W.Button(description="Stop", icon="stop", button_style="", disabled=True)
         self.stop_button.tooltip = "the workers finish the step, save a checkpoint and exit as stopped"
@@ -116,7 +128,9 @@ class Dashboard(W.VBox):
         controls = W.HBox([self.x_axis, self.smoothing, self.log_y], layout=W.Layout(align_items="center"))
         self.profile: dict[str, Any] | None = None  # the run's profile/summary.json, once written
         self.profile_box = W.VBox([], layout=W.Layout(display="none"))
-        super().__init__([header, self.error_html, controls, grid, self.profile_box])
+        self.parts_rows: list[dict[str, Any]] = []
+        self.parts_html = W.HTML("")
+        super().__init__([header, self.error_html, self.prediction_html, controls, grid, self.profile_box])
         if run is not None:
             self.set_run(run)
 
@@ -170,6 +184,7 @@ class Dashboard(W.VBox):
             self._ema = {}
             self._pending_times = []
             self._max_steps = None
+            self._planned = None
             self.show_profile(None)
             try:
                 self._max_steps = int(run.config.max_steps)
@@ -304,6 +319,7 @@ class Dashboard(W.VBox):
             if s.has_comm:
                 self._draw_comm()
                 points += len(s.comm_last)
+            self._draw_prediction()
             if len(s):
                 self._show_placeholders(None)
                 self._lock_mfu_axis()
@@ -372,12 +388,37 @@ class Dashboard(W.VBox):
             if not np.isfinite(tps).any():
                 fig.layout.yaxis2.visible = bool(np.isfinite(mfu).any())
                 return
-            top = 1.1 * float(np.nanmax(tps))
+            top = 1.1 * max(float(np.nanmax(tps)), predicted_tokens_per_s(self._plan()) or 0.0)  # predicted too
             fig.layout.yaxis.range = [0, top]
             fig.layout.yaxis2.visible = bool(both.any())
             if both.any():
                 ratio = float(mfu[both][-1] / tps[both][-1])
                 fig.layout.yaxis2.update(range=[0, top * ratio], tickmode="auto", nticks=6, ticksuffix="%")
+
+    def _plan(self) -> dict[str, Any] | None:
+        """The run's planned dict: the first event's, else status.json's (read until it is there)."""
+        if self._store.planned is not None:
+            return self._store.planned
+        if self._planned is None and self.run is not None:
+            self._planned = planned_of(self.run.info)
+        return self._planned
+
+    def _draw_prediction(self) -> None:
+        """Predicted against measured tokens/s: the dashed level on the tokens/s figure (once the run has events)
+        and the line under the status, with the verdict when more than 1.5x off; each sent only when it changes."""
+        plan = self._plan()
+        self.prediction = check(plan, self._store.cols["tokens_per_s"])
+        predicted = predicted_tokens_per_s(plan)
+        shapes = (predicted_shape(predicted),) if predicted is not None and len(self._store) else ()
+        if shapes != self._shapes:
+            self.throughput_fig.layout.shapes = shapes
+            self._shapes = shapes
+        text = prediction_html(self.prediction, profiled=self.profile is not None)
+        if self.prediction_html.value != text:
+            self.prediction_html.value = text
+        if self.profile is not None and not self.parts_rows:  # the plan came after the profile summary
+            self.parts_rows = parts_table(plan, self.profile)
+            self.parts_html.value = parts_table_html(self.parts_rows)
 
     def _draw_comm(self) -> None:
         """One bar per rank: the last step's payload; the hover and the title say whether it ever moved."""
@@ -482,6 +523,9 @@ class Dashboard(W.VBox):
         """Show a profile summary (profile/summary.json) as the step timeline and the per-rank breakdown; None hides
         them. The dashboard calls it itself when the run's summary appears."""
         self.profile = summary
+        self.parts_rows = parts_table(self._plan(), summary) if summary is not None else []
+        self.parts_html.value = parts_table_html(self.parts_rows)
+        self.prediction_html.value = prediction_html(self.prediction, profiled=summary is not None)  # its hint
         if summary is None:
             self.profile_box.children = []
             self.profile_box.layout.display = "none"
@@ -494,7 +538,8 @@ class Dashboard(W.VBox):
         title = W.HTML(f"<b>inside a step</b>: {steps} profiled optimizer steps per rank; "
                        f"traces in <code>{html.escape(os.path.join(self.run.path, 'profile'))}</code> (Perfetto, "
                        "chrome://tracing)" if self.run is not None else "<b>inside a step</b>")  # fmt: skip
-        self.profile_box.children = [title, self.timeline_fig, self.breakdown_fig]
+        parts = W.Box([self.parts_html], layout=W.Layout(padding="8px 0 0 12px"))
+        self.profile_box.children = [title, self.timeline_fig, W.HBox([self.breakdown_fig, parts])]
         self.profile_box.layout.display = None
 
     @property

@@ -158,6 +158,7 @@ class RunStore:
         self.times: list[float] = []  # the worker's wall-clock time of each event
         self.entropy_floor: float | None = None
         self.effective: dict[str, Any] | None = None
+        self.planned: dict[str, Any] | None = None  # the first event's wb.plan(cfg).to_dict()
         self.has_comm = False
         self.ranks = 0
 
@@ -187,6 +188,8 @@ class RunStore:
             self.entropy_floor = as_float(ev["entropy_floor"])
         if isinstance(ev.get("effective"), dict):
             self.effective = ev["effective"]
+        if isinstance(ev.get("planned"), dict):
+            self.planned = ev["planned"]
         self.times.append(as_float(ev.get("time")))
 
     def _add_comm(self, comm: list[float]) -> None:

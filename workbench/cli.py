@@ -70,6 +70,7 @@ def print_summary(run: Run) -> None:
               f"{ms[0].get('chance_accuracy', 0):.2f}" + (f", Bayes-optimal {ceiling:.4f})" if ceiling else ")"))  # fmt: skip
     if s["tokens_per_s"]:
         print(f"  tokens/s          {s['tokens_per_s']:.0f}")
+    print_prediction(run)
     if s["mfu"] is not None:
         print(f"  MFU               {100 * s['mfu']:.1f}%")
     print(f"  peak memory/rank  {format_bytes(s['peak_mem_bytes'])}")
@@ -83,6 +84,25 @@ def print_summary(run: Run) -> None:
     print(f"  TensorBoard       workbench tensorboard --runs-dir {os.path.dirname(run.path)}")
     if run.status == "failed":
         print(f"\nerror:\n{run.error}", file=sys.stderr)
+
+
+def print_prediction(run: Run) -> None:
+    """Predicted against measured tokens/s, the verdict when more than 1.5x off, and a profiled run's parts."""
+    from workbench.prediction import parts_table, planned_of, prediction_line
+    from workbench.profiling import load_profile
+
+    check = run.prediction()
+    if check is None:
+        return
+    print(f"  prediction        {prediction_line(check)}")
+    if check["verdict"]:
+        print(f"  VERDICT           {check['verdict']}")
+    rows = parts_table(planned_of(run.info), load_profile(run.path))
+    if rows:
+        print("  ms per step       part                   predicted  measured  (profiled steps, mean over ranks)")
+        for r in rows:
+            pred = f"{r['predicted_ms']:.3g}" if r["predicted_ms"] is not None else "-"
+            print(f"                    {r['part']:22} {pred:>9}  {r['measured_ms']:>8.3g}  {r['measured_as']}")
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -131,13 +151,18 @@ def cmd_runs(args: argparse.Namespace) -> int:
     if not runs:
         print(f"no runs in {args.runs_dir}/")
         return 0
-    print(f"{'name':24} {'status':9} {'step':>6} {'loss':>8} {'eval':>8} {'tok/s':>9}  path")
+    print(f"{'name':24} {'status':9} {'step':>6} {'loss':>8} {'eval':>8} {'tok/s':>9} {'predicted':>9} "
+          f"{'pred/meas':>9}  path")  # fmt: skip
     for r in runs:
         s = r.summary()
         loss = f"{s['final_loss']:.4f}" if s["final_loss"] is not None else "-"
         ev = f"{s['best_eval_loss']:.4f}" if s["best_eval_loss"] is not None else "-"
         tps = f"{s['tokens_per_s']:.0f}" if s["tokens_per_s"] else "-"
-        print(f"{s['name'][:24]:24} {s['status']:9} {s['steps']:>6} {loss:>8} {ev:>8} {tps:>9}  {s['path']}")
+        pred = f"{s['predicted_tokens_per_s']:.0f}" if s["predicted_tokens_per_s"] else "-"
+        ratio = f"{s['prediction_ratio']:.2f}" if s["prediction_ratio"] else "-"
+        ratio += "!" if s["prediction_verdict"] else ""  # more than 1.5x off its prediction
+        print(f"{s['name'][:24]:24} {s['status']:9} {s['steps']:>6} {loss:>8} {ev:>8} {tps:>9} {pred:>9} {ratio:>9}  "
+              f"{s['path']}")  # fmt: skip
     return 0
 
 

@@ -9,7 +9,8 @@ notebook cell): its unit, when it is written, what it means, and where it goes:
 - ``tensorboard``: logged as a TensorBoard scalar (per-rank lists as ``key/rank<i>``; see
   ``telemetry.tensorboard_scalars``). Not the wall clock ``time``: TensorBoard stores float32, which would
   round ~1.7e9 s by up to 128 s (2^-24 relative); ``elapsed_s`` is exact to well under a millisecond for days;
-- ``compare``: the column of ``Run.summary()`` (and so of ``Compare``'s table) that sums it up;
+- ``compare``: the column of ``Run.summary()`` (and so of ``Compare``'s table) that sums it up
+  (``PREDICTION_COLUMNS``: the summary's columns of predicted against measured tokens/s);
 - ``hparams``: linked to the run's config in TensorBoard's HParams dashboard.
 
 Keys are a contract other tools read: add freely, never rename. A new key is added here before anything
@@ -97,6 +98,12 @@ KEYS: tuple[str, ...] = tuple(BY_KEY)
 NOT_SCALARS: tuple[str, ...] = tuple(m.key for m in METRICS if not m.tensorboard)
 HPARAM_METRICS: tuple[str, ...] = tuple(m.key for m in METRICS if m.hparams)
 COMPARE_COLUMNS: tuple[str, ...] = tuple(m.compare for m in METRICS if m.compare)
+# Run.summary()'s columns that set the run against its plan (workbench/prediction.py): no key of their own, they
+# read `planned` (status.json, the first event) and `tokens_per_s`; Compare shows them after tokens_per_s
+PREDICTION_COLUMNS: tuple[str, ...] = ("predicted_tokens_per_s", "prediction_ratio")
+SUMMARY_COLUMNS: tuple[str, ...] = tuple(
+    c for col in COMPARE_COLUMNS for c in ((col, *PREDICTION_COLUMNS) if col == "tokens_per_s" else (col,))
+)
 
 
 def series_keys() -> tuple[str, ...]:

@@ -27,6 +27,7 @@ from typing import Any
 
 from workbench import checkpoints
 from workbench.fileio import JsonlTail, read_jsonl, resolve_runs_dir
+from workbench.prediction import check, measured_tokens_per_s, planned_of, predicted_tokens_per_s, prediction_check
 from workbench.status import TERMINAL, read_status, write_status
 
 __all__ = [
@@ -233,12 +234,23 @@ class Run:
         """The run's checkpoints/step_N folders, oldest first."""
         return checkpoints.list_checkpoints(self.path)
 
+    def prediction(self) -> dict[str, Any] | None:
+        """Predicted against measured tokens/s, their ratio and the verdict when more than 1.5x off
+        (``workbench.prediction.prediction_check``); None before the first timed log interval."""
+        return prediction_check(self)
+
     def summary(self) -> dict[str, Any]:
+        """The run in one row (Compare's table, ``workbench runs``): tokens_per_s is the mean of the timed log
+        intervals after the first (``prediction.measured_tokens_per_s``; mfu alike); predicted_tokens_per_s is
+        the plan's (status.json "planned"), prediction_ratio predicted / measured, prediction_verdict the words
+        when that is more than 1.5x off either way (``prediction.check``)."""
         ms = self.metrics()
         losses = [m for m in ms if m.get("loss") is not None]
         evals = [m["eval_loss"] for m in ms if m.get("eval_loss") is not None]
-        tps = [m["tokens_per_s"] for m in ms if m.get("tokens_per_s")]
+        tps = [m.get("tokens_per_s") for m in ms]
         mfu = [m["mfu"] for m in ms if m.get("mfu") is not None]
+        planned = planned_of(self.info, ms[:1])
+        pred = check(planned, tps)
         mem = [max(m["mem_bytes"]) for m in ms if m.get("mem_bytes")]
         return {
             "name": self.name,
@@ -246,7 +258,10 @@ class Run:
             "steps": losses[-1]["step"] if losses else 0,
             "final_loss": losses[-1]["loss"] if losses else None,
             "best_eval_loss": min(evals) if evals else None,
-            "tokens_per_s": sum(tps[1:]) / len(tps[1:]) if len(tps) > 1 else (tps[0] if tps else None),
+            "tokens_per_s": measured_tokens_per_s(tps),
+            "predicted_tokens_per_s": predicted_tokens_per_s(planned),
+            "prediction_ratio": (pred or {}).get("ratio"),
+            "prediction_verdict": (pred or {}).get("verdict"),
             "mfu": sum(mfu[1:]) / len(mfu[1:]) if len(mfu) > 1 else (mfu[0] if mfu else None),
             "peak_mem_bytes": max(mem) if mem else None,
             "path": self.path,
