@@ -150,9 +150,15 @@ DEFAULT_CPU_FACTS = DeviceFacts(
     collectives={op: (1.5e-4, 0.4e9) for op in COLLECTIVES},
     dtensor_op_s=6e-5,
     attention=((3.1e6, 8e9), (1.3e7, 15e9), (1.0e8, 25e9)),
-    elementwise={"gelu_s_per_element": 5.6e-9, "silu_s_per_element": 4e-9, "norm_s_per_element": 4.7e-9,
-                 "adamw_s_per_tensor": 1.25e-4, "adamw_dtensor_s_per_tensor": 7.5e-4, "tp_linear_s": 1.2e-3,
-                 "broadcast_burst_s": 2.6e-4},
+    elementwise={
+        "gelu_s_per_element": 5.6e-9,
+        "silu_s_per_element": 4e-9,
+        "norm_s_per_element": 4.7e-9,
+        "adamw_s_per_tensor": 1.25e-4,
+        "adamw_dtensor_s_per_tensor": 7.5e-4,
+        "tp_linear_s": 1.2e-3,
+        "broadcast_burst_s": 2.6e-4,
+    },
     source="default (no measurement of this CPU cached yet: `workbench calibrate` measures it)",
 )
 
