@@ -213,7 +213,6 @@ def tp_time(t: Timing) -> StepTime:
     by_op = {"all_reduce": t.comm_s("all_reduce", ar_bytes, calls),
              "all_gather": t.comm_s("all_gather", t.comm_by_op.get("all_gather", 0), k)}  # fmt: skip
     comm = sum(by_op.values())
-    block_tensors = len(s.block_tensors()) * s.n_layer
     # the sharded Linears' parameters are DTensors; the norms and the parts outside the blocks stay plain
     dtensors = s.n_layer * sum(1 + (1 if s.bias else 0) for _ in styles)
     opt = t.optimizer_s(s.num_params // tp, t.tensors - dtensors) + t.optimizer_s(0, dtensors, dtensor=True)
