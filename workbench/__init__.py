@@ -10,10 +10,11 @@ Importing workbench does not import torch: the config, the run folders and the p
 """
 
 from workbench import layouts  # noqa: F401  (the built-in layouts register themselves in STRATEGY_SPECS)
+from workbench.calibrate import plan
 from workbench.config import ConfigError, DeviceInfo, Problem, RunConfig, StrategySpec, register_layout
 from workbench.launch import launch
 from workbench.notebook import notebook_launch
-from workbench.plan import Plan, RankMemory, plan
+from workbench.plan import Plan, RankMemory
 from workbench.runs import Run, list_runs
 from workbench.suggest import Candidate, suggest, suggest_table
 from workbench.sweep import Sweep, sweep

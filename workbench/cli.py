@@ -184,7 +184,7 @@ def cmd_tensorboard(args: argparse.Namespace) -> int:
 def cmd_plan(args: argparse.Namespace) -> int:
     import json
 
-    from workbench.plan import plan
+    from workbench.calibrate import plan
 
     try:
         cfg = _load(args.config, args.set)

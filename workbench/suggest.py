@@ -27,10 +27,11 @@ import statistics
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from workbench.calibrate import plan
 from workbench.config import PRECISIONS, STRATEGY_SPECS, ConfigError, DeviceInfo, RunConfig, fp8_backend
 from workbench.config.strategies import divisors
 from workbench.fileio import format_bytes
-from workbench.plan import DEVICES, GPU_PEAK_FLOPS, plan
+from workbench.plan import DEVICES, GPU_PEAK_FLOPS
 from workbench.plan.devices import resolve_device
 
 if TYPE_CHECKING:

@@ -108,11 +108,21 @@ def cpu_facts_key(dtype: str, processes: int, threads: int) -> str:
     return f"{cpu_cache_prefix(dtype)}{processes}x{threads}"
 
 
+_READ: tuple[tuple, dict[str, Any]] | None = None  # the file's (path, mtime, size) and its content
+
+
 def read_facts_cache() -> dict[str, Any]:
+    """The cache file's entries, re-read only when the file changed (the panel plans on every slider move)."""
+    global _READ
+    path = facts_cache_path()
     try:
-        with open(facts_cache_path()) as f:
-            data = json.load(f)
-        return data if isinstance(data, dict) else {}
+        st = os.stat(path)
+        stamp = (path, st.st_mtime_ns, st.st_size)
+        if _READ is None or _READ[0] != stamp:
+            with open(path) as f:
+                data = json.load(f)
+            _READ = (stamp, data if isinstance(data, dict) else {})
+        return _READ[1]
     except (OSError, ValueError):
         return {}
 
@@ -120,7 +130,7 @@ def read_facts_cache() -> dict[str, Any]:
 def write_facts(key: str, facts: DeviceFacts) -> None:
     """Atomically update one entry of the cache (other entries and other processes' writes kept)."""
     path = facts_cache_path()
-    cache = read_facts_cache()
+    cache = dict(read_facts_cache())
     cache[key] = facts.to_dict()
     try:
         os.makedirs(os.path.dirname(path), exist_ok=True)
