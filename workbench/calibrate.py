@@ -35,7 +35,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
 from workbench.plan import Plan
@@ -64,6 +64,16 @@ def _median_s(fn: Any, repeats: int, warmup: int = 2) -> float:
     return statistics.median(ts)
 
 
+def too_slow(mine: bool) -> bool:
+    """Whether any rank finds the next size too slow: they decide together, or their barriers would part."""
+    import torch
+    import torch.distributed as dist
+
+    flag = torch.tensor([1.0 if mine else 0.0])
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return bool(flag.item() > 0)
+
+
 def matmul_rates(dtype: Any) -> list[tuple[float, float]]:
     import torch
     import torch.distributed as dist
@@ -72,7 +82,7 @@ def matmul_rates(dtype: Any) -> list[tuple[float, float]]:
     for m, k, n in MATMULS:
         a, b = torch.randn(m, k).to(dtype), torch.randn(k, n).to(dtype)
         flops = 2.0 * m * k * n
-        if out and flops / out[-1][1] > BUDGET_S / 5:  # a slow dtype (fp16 on most CPUs): larger sizes stay out
+        if out and too_slow(flops / out[-1][1] > BUDGET_S / 5):  # a slow dtype (fp16 on a CPU): no larger sizes
             break
         dist.barrier()  # every rank at once: they share the machine as a run's ranks do
         t = _median_s(lambda a=a, b=b: a @ b, repeats=max(5, min(50, int(4e8 / flops))))
@@ -120,7 +130,7 @@ def attention_rates(dtype: Any) -> list[tuple[float, float]]:
     out: list[tuple[float, float]] = []
     for b, h, t, q in ATTENTION:
         x = [torch.randn(b, h, t, q, dtype=dtype, requires_grad=True) for _ in range(3)]
-        if out and 3 * 4.0 * b * h * t * t * q / out[-1][1] > BUDGET_S / 10:
+        if out and too_slow(3 * 4.0 * b * h * t * t * q / out[-1][1] > BUDGET_S / 10):
             break
         dist.barrier()
         sec = _median_s(lambda x=x: F.scaled_dot_product_attention(*x, is_causal=True).sum().backward(), 10)
@@ -299,7 +309,7 @@ def measure_rank(rank: int, world: int, port: int, threads: int, dtype_name: str
 
     torch.set_num_threads(threads)
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=timedelta(seconds=TIMEOUT_S))
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(dtype_name, torch.float32)
     facts: dict[str, Any] = {}
     for _ in range(PASSES):
@@ -352,7 +362,12 @@ def calibrate_cpu(processes: int, threads: int | None = None, dtype: str = "fp32
             )  # fmt: skip
             for r in range(processes)
         ]
-        codes = [p.wait(timeout=TIMEOUT_S) for p in procs]
+        try:
+            codes = [p.wait(timeout=TIMEOUT_S) for p in procs]
+        finally:
+            for p in procs:
+                if p.poll() is None:
+                    p.kill()
         if any(codes) or not os.path.exists(out):
             raise RuntimeError(f"calibration failed: exit codes {codes}")
         with open(out) as f:
