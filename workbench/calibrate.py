@@ -5,7 +5,8 @@
 `processes` processes start at once, as a run's would (on a CPU they share the cores, so each measures its share),
 each with the threads a run gives it, joined by a gloo process group. Together they measure:
 
-  matmul        the rate of one matmul at sizes from 0.5 MFLOP to 4 GFLOP (the median of repeats, all ranks at once)
+  matmul        the rate of a Linear's matmuls (forward + backward) from 0.5 MFLOP to 4 GFLOP a matmul (the
+                median of repeats, all ranks at once, the mean of two passes)
   op_s          the fixed cost of one tensor operation: the reference GPT's block forward + backward at a size
                 where the arithmetic is nil, over the aten operations it dispatches (counted with a
                 TorchDispatchMode): the per-operation overhead of the very mix a training step runs
@@ -47,8 +48,9 @@ if TYPE_CHECKING:
     from workbench.config import RunConfig
 
 MATMULS = ((64, 64, 64), (256, 128, 128), (512, 128, 512), (1024, 256, 256), (1024, 512, 512), (2048, 1024, 1024))
+# (tokens, in, out) of a Linear: 0.5 MFLOP to 4 GFLOP per matmul
 BUDGET_S = 1.0  # the longest one size of a microbenchmark may take, all repeats together
-PASSES = 2  # the compute microbenchmarks run twice; each fact keeps its better pass (a moment of load costs a pass)
+PASSES = 2  # the compute microbenchmarks run twice; each fact is the mean of the two
 SMALL, LARGE = 1, 1 << 20  # elements of a collective's tensor: latency, bandwidth (fp32: 4 B, 4 MiB)
 TIMEOUT_S = 120
 
@@ -75,18 +77,24 @@ def too_slow(mine: bool) -> bool:
 
 
 def matmul_rates(dtype: Any) -> list[tuple[float, float]]:
+    """(FLOPs of one matmul, FLOP/s) as a Linear in training reaches it: ``F.linear`` forward and backward (the
+    input's and the weight's gradients: three matmuls, transposed operands, the bias), timed together."""
     import torch
     import torch.distributed as dist
+    import torch.nn.functional as F
 
     out: list[tuple[float, float]] = []
     for m, k, n in MATMULS:
-        a, b = torch.randn(m, k).to(dtype), torch.randn(k, n).to(dtype)
+        x = torch.randn(m, k).to(dtype).requires_grad_()
+        w, b = torch.randn(n, k).to(dtype).requires_grad_(), torch.zeros(n).to(dtype).requires_grad_()
         flops = 2.0 * m * k * n
-        if out and too_slow(flops / out[-1][1] > BUDGET_S / 5):  # a slow dtype (fp16 on a CPU): no larger sizes
+        if out and too_slow(3 * flops / out[-1][1] > BUDGET_S / 5):  # a slow dtype (fp16 on a CPU): no larger sizes
             break
         dist.barrier()  # every rank at once: they share the machine as a run's ranks do
-        t = _median_s(lambda a=a, b=b: a @ b, repeats=max(5, min(50, int(4e8 / flops))))
-        out.append((flops, flops / t))
+        t = _median_s(
+            lambda x=x, w=w, b=b: F.linear(x, w, b).sum().backward(), repeats=max(5, min(40, int(2e8 / flops)))
+        )
+        out.append((flops, 3 * flops / t))
     return out
 
 
@@ -291,15 +299,19 @@ def compute_facts(dtype: Any) -> dict[str, Any]:
             "bw": bandwidth(dtype), "elementwise": elementwise_costs(dtype)}  # fmt: skip
 
 
-def best_of(best: dict[str, Any], new: dict[str, Any]) -> None:
-    """Keep the better of two passes, fact by fact: the higher rate, the lower cost."""
-    if not best:
-        best.update(new)
+def mean_of(mean: dict[str, Any], new: dict[str, Any], n: int) -> None:
+    """Fold pass number `n` (from 1) into the running mean of the passes, fact by fact."""
+    if not mean:
+        mean.update(new)
         return
+
+    def avg(a: float, b: float) -> float:
+        return a + (b - a) / n
+
     for k in ("matmul", "attention"):
-        best[k] = [(f, max(r0, r1)) for (f, r0), (_, r1) in zip(best[k], new[k], strict=False)]
-    best["op_s"], best["bw"] = min(best["op_s"], new["op_s"]), max(best["bw"], new["bw"])
-    best["elementwise"] = {k: min(v, new["elementwise"][k]) for k, v in best["elementwise"].items()}
+        mean[k] = [(f, avg(r0, r1)) for (f, r0), (_, r1) in zip(mean[k], new[k], strict=False)]
+    mean["op_s"], mean["bw"] = avg(mean["op_s"], new["op_s"]), avg(mean["bw"], new["bw"])
+    mean["elementwise"] = {k: avg(v, new["elementwise"][k]) for k, v in mean["elementwise"].items()}
 
 
 def measure_rank(rank: int, world: int, port: int, threads: int, dtype_name: str, out: str) -> None:
@@ -312,8 +324,8 @@ def measure_rank(rank: int, world: int, port: int, threads: int, dtype_name: str
     dist.init_process_group("gloo", rank=rank, world_size=world, timeout=timedelta(seconds=TIMEOUT_S))
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(dtype_name, torch.float32)
     facts: dict[str, Any] = {}
-    for _ in range(PASSES):
-        best_of(facts, compute_facts(dtype))
+    for n in range(1, PASSES + 1):
+        mean_of(facts, compute_facts(dtype), n)
     facts["dtensor_op_s"] = dtensor_cost(world) if world > 1 else 0.0
     facts["collectives"] = collective_cost(world, rank) if world > 1 else {}
     facts["elementwise"].update(optimizer_costs(world))
