@@ -80,7 +80,7 @@ PRELOAD = (
 # only the Hugging Face model families need them, and they should not delay the pool's first warm launch.
 LATER = ("transformers", "peft")
 OPTIONAL = ("datasets", "transformers", "peft")
-LATER_AFTER_IDLE_S = 5.0  # ... after this long without a request (a sweep's back-to-back launches never wait)
+LATER_AFTER_IDLE_S = 5.0  # ... after this long without a request and no run going (a sweep's launches never wait)
 MAX_MB_ENV = "WORKBENCH_POOL_MAX_MB"
 
 
@@ -235,8 +235,8 @@ class Pool:
             try:
                 conn, _ = self.sock.accept()
             except (TimeoutError, InterruptedError):
-                if time.monotonic() - self.last_request > LATER_AFTER_IDLE_S:
-                    self.import_later()
+                if not self.children and time.monotonic() - self.last_request > LATER_AFTER_IDLE_S:
+                    self.import_later()  # never beside a run: importing transformers took its cores mid-run
                 continue
             with conn:
                 self.handle(conn)
