@@ -21,6 +21,8 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from typing import Any
 
+from workbench.fileio import write_json_atomic
+
 GiB = 1024**3
 
 # Dense peak FLOP/s per GPU and precision (vendor data sheets, without sparsity): bf16/fp16/fp8 on tensor cores;
@@ -351,10 +353,7 @@ def write_cpu_cache(key: str, entry: dict[str, Any]) -> None:
     cache[key] = entry
     try:
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        tmp = f"{path}.{os.getpid()}"
-        with open(tmp, "w") as f:
-            json.dump(cache, f, indent=1)
-        os.replace(tmp, path)
+        write_json_atomic(path, cache)
     except OSError:  # a read-only home: the figure is still used for this run
         pass
 

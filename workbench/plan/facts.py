@@ -18,6 +18,7 @@ import os
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from workbench.fileio import write_json_atomic
 from workbench.plan.devices import DEVICES, GPU_PEAK_FLOPS, LINK_BYTES_PER_S, cache_dir, cpu_cache_prefix
 
 COLLECTIVES = ("all_reduce", "all_gather", "reduce_scatter", "broadcast", "send")
@@ -134,10 +135,7 @@ def write_facts(key: str, facts: DeviceFacts) -> None:
     cache[key] = facts.to_dict()
     try:
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        tmp = f"{path}.{os.getpid()}"
-        with open(tmp, "w") as f:
-            json.dump(cache, f, indent=1)
-        os.replace(tmp, path)
+        write_json_atomic(path, cache)
     except OSError:  # a read-only home: the facts still serve this process
         pass
 
@@ -169,7 +167,7 @@ DEFAULT_CPU_FACTS = DeviceFacts(
         "tp_linear_s": 1.2e-3,
         "broadcast_burst_s": 2.6e-4,
     },
-    source="default (no measurement of this CPU cached yet: `workbench calibrate` measures it)",
+    source="default (no measurement of this CPU cached yet: wb.plan or `python -m workbench.calibrate` measures it)",
 )
 
 # ---- GPUs: the data sheet ----
