@@ -53,6 +53,8 @@ BUDGET_S = 1.0  # the longest one size of a microbenchmark may take, all repeats
 PASSES = 2  # the compute microbenchmarks run twice; each fact is the mean of the two
 SMALL, LARGE = 1, 1 << 20  # elements of a collective's tensor: latency, bandwidth (fp32: 4 B, 4 MiB)
 TIMEOUT_S = 120
+# how each measuring process starts (not `-m workbench.calibrate`: `import workbench` has imported this module)
+RANK_ENTRY = "import sys; from workbench.calibrate import main; main(sys.argv[1:])"
 
 
 def _median_s(fn: Any, repeats: int, warmup: int = 2) -> float:
@@ -332,10 +334,13 @@ def measure_rank(rank: int, world: int, port: int, threads: int, dtype_name: str
     if world > 1:
         facts["elementwise"]["tp_linear_s"] = tp_linear_cost(world, facts["collectives"]["all_reduce"][0])
         facts["elementwise"]["broadcast_burst_s"] = burst_cost()
-    dist.destroy_process_group()
     if rank == 0:
         with open(out, "w") as f:
             json.dump(facts, f)
+    # every rank past its last operation before any leaves: a peer's socket closing under a pending receive
+    # aborted gloo (SIGABRT) in one run of the test suite
+    dist.barrier()
+    dist.destroy_process_group()
 
 
 def free_port() -> int:
@@ -356,8 +361,8 @@ def calibrate_cpu(processes: int, threads: int | None = None, dtype: str = "fp32
             subprocess.Popen(
                 [
                     sys.executable,
-                    "-m",
-                    "workbench.calibrate",
+                    "-c",
+                    RANK_ENTRY,
                     "--rank",
                     str(r),
                     "--processes",
