@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from workbench.data.codec import Codec
-from workbench.models.generation import Sampling, pick_token, stream_tokens
+from workbench.models.generation import Sampling, pick_token, stream_tokens, timed_tokens
 from workbench.textgen import TextGenerator
 
 
@@ -38,6 +38,17 @@ def test_greedy_with_the_cache_is_the_argmax_continuation_of_full_forwards(gpt):
         for _ in range(20):
             seq.append(int(gpt(torch.tensor([seq]))[0][0, -1].argmax()))
     assert got == seq[len(prompt) :]
+    assert list(stream_tokens(gpt, prompt, Sampling(max_new_tokens=20, temperature=0), use_cache=False)) == got
+
+
+def test_timed_tokens_measures_the_first_token_and_the_gaps():
+    ticks = iter([10.0, 10.5, 10.6, 10.8])  # the call, then three tokens
+    t = timed_tokens(iter([7, 8, 9]), clock=lambda: next(ticks))
+    assert t.tokens == [7, 8, 9] and t.first_token_s == 0.5
+    assert t.gaps_s == pytest.approx([0.1, 0.2]) and t.per_token_s == pytest.approx(0.15)
+    empty = timed_tokens(iter([]))
+    assert empty.tokens == [] and empty.first_token_s != empty.first_token_s  # nan
+    assert empty.per_token_s != empty.per_token_s
 
 
 def test_sampling_is_reproducible_by_its_seed_and_top_p_keeps_the_nucleus(gpt):
@@ -115,6 +126,8 @@ def test_hf_generate_greedy_is_the_argmax_continuation_and_only_our_eos_ends_it(
         for _ in range(12):
             seq.append(int(hf(torch.tensor([seq])).logits[0, -1].argmax()))
     assert got == seq[3:]
+    no_cache = stream_tokens(Wrapped(), [5, 6, 7], Sampling(max_new_tokens=12, temperature=0), use_cache=False)
+    assert list(no_cache) == got
     hf.generation_config.eos_token_id = got[1]  # the model's own eos: ignored, ours is None
     assert list(stream_tokens(Wrapped(), [5, 6, 7], Sampling(max_new_tokens=12, temperature=0))) == got
     eos = got[1]

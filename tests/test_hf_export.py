@@ -211,6 +211,23 @@ def test_sharded_checkpoints_export_like_ddp_ones(tmp_path):
         assert export_hf(r, str(tmp_path / f"{r.name}-hf")).parity
 
 
+def test_a_parameter_server_checkpoint_loads(tmp_path):
+    """ps saves its model in rank 0's ps_server.pt, not through save_state: load_model (and so generate, serve,
+    export) reads the weights training ended with from there."""
+    import json
+
+    from tests.conftest import QUICKSTART
+    from workbench.parallel.common import state_digest
+
+    cfg = wb.RunConfig.from_yaml(QUICKSTART).override({"name": "ps", "parallel.strategy": "ps", "max_steps": 3,
+        "log_every": 3, "eval_every": 0, "grad_accum_steps": 1, "runs_dir": str(tmp_path / "runs")})  # fmt: skip
+    r = wb.launch(cfg)
+    assert r.wait(timeout=600) == "finished", r.error
+    with open(os.path.join(r.path, "final_rank0.json")) as f:
+        trained = json.load(f)["params_sha256"]
+    assert state_digest(wb.load_model(r).state_dict()) == trained
+
+
 def test_a_bert_classifier_exports_with_its_label_names(tmp_path):
     import json
 

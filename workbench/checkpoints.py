@@ -23,6 +23,7 @@ TRAINER_STATE = "trainer_state.json"
 PREFIX = "step_"
 MODEL_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 SHARDED_WEIGHTS = os.path.join("dcp", ".metadata")  # a sharded layout's DCP checkpoint (zero2, zero3, tp, pp)
+PS_WEIGHTS = "ps_server.pt"  # the parameter server's model and optimizer (ps: rank 0 saves them, not save_state)
 
 
 def step_of(folder_name: str) -> int | None:
@@ -48,8 +49,9 @@ def list_checkpoints(run_dir: str) -> list[str]:
 
 
 def has_model_weights(path: str) -> bool:
-    """Whether the folder holds the model's weights: Accelerate's file, or a sharded layout's DCP checkpoint."""
-    return any(os.path.isfile(os.path.join(path, f)) for f in (*MODEL_WEIGHT_FILES, SHARDED_WEIGHTS))
+    """Whether the folder holds the model's weights: Accelerate's file, a sharded layout's DCP checkpoint, or the
+    parameter server's file."""
+    return any(os.path.isfile(os.path.join(path, f)) for f in (*MODEL_WEIGHT_FILES, SHARDED_WEIGHTS, PS_WEIGHTS))
 
 
 def latest(run_dir: str, with_model_weights: bool = False) -> str | None:

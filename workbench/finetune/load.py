@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.nn as nn
 
+from workbench.checkpoints import PS_WEIGHTS
 from workbench.config import RunConfig, is_import_string, model_checkpoint
 from workbench.factory import is_hf
 from workbench.finetune.hf_peft import merge_hf_peft, wrap_hf_peft
@@ -21,13 +22,17 @@ if TYPE_CHECKING:
 
 
 def read_weights(ckpt_dir: str, model: nn.Module | None = None) -> dict[str, torch.Tensor]:
-    """The model's state dict in a save_state folder (safetensors, or torch.load with weights_only); a sharded
-    layout's DCP checkpoint (zero2, zero3, tp) gathered into whole tensors shaped as ``model``'s (needed then)."""
+    """The model's state dict in a save_state folder (safetensors, or torch.load with weights_only); the parameter
+    server's file (ps); a sharded layout's DCP checkpoint (zero2, zero3, tp) gathered into whole tensors shaped as
+    ``model``'s (needed then)."""
     st = os.path.join(ckpt_dir, "model.safetensors")
     if os.path.isfile(st):
         from safetensors.torch import load_file
 
         return load_file(st)
+    ps = os.path.join(ckpt_dir, PS_WEIGHTS)
+    if os.path.isfile(ps):  # ps: the server's model (rank 0 holds the weights; workers save none)
+        return torch.load(ps, map_location="cpu", weights_only=True)["model"]
     bin_path = os.path.join(ckpt_dir, "pytorch_model.bin")
     if os.path.isfile(bin_path) or model is None:
         return torch.load(bin_path, map_location="cpu", weights_only=True)

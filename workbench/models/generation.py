@@ -11,21 +11,28 @@
 
 temperature 0 is greedy (the argmax); top_p < 1 samples from the smallest set of tokens whose probability reaches
 top_p (nucleus sampling). Generation ends at ``eos_id`` (not yielded), after max_new_tokens, or when ``halt()``
-returns True (the caller has seen a stop string).
+returns True (the caller has seen a stop string). ``use_cache=False`` decodes the same tokens without the KV cache:
+a full forward of the whole sequence for every new token (what the cache saves; transformers' ``use_cache``).
+
+``timed_tokens(stream_tokens(...))`` consumes a stream and measures it: the time to first token (from the call to the
+first token: the prefill of the prompt, then one pick) and the time per output token (each later token: one decode
+step).
 """
 
 from __future__ import annotations
 
+import math
 import queue
 import threading
-from collections.abc import Callable, Iterator
+import time
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn as nn
 
-__all__ = ["Sampling", "pick_token", "stream_tokens"]
+__all__ = ["DecodeTiming", "Sampling", "pick_token", "stream_tokens", "timed_tokens"]
 
 
 @dataclass(frozen=True)
@@ -64,15 +71,17 @@ def stream_tokens(
     s: Sampling,
     eos_id: int | None = None,
     halt: Callable[[], bool] = lambda: False,
+    use_cache: bool = True,
 ) -> Iterator[int]:
     """The new tokens after prompt, one by one (see the module's docstring). The caller keeps prompt + new tokens
-    within the model's context."""
+    within the model's context. use_cache=False: a full forward per token instead of the KV cache."""
     inner = getattr(model, "module", model)
     if hasattr(inner, "hf"):
-        yield from _hf_stream(inner.hf, prompt, s, eos_id, halt)
+        yield from _hf_stream(inner.hf, prompt, s, eos_id, halt, use_cache)
         return
     gen = torch.Generator().manual_seed(s.seed) if s.seed is not None else None
-    step = _cached_steps(inner, prompt) if hasattr(inner, "decode") else _full_forward_steps(inner, prompt)
+    cached = use_cache and hasattr(inner, "decode")
+    step = _cached_steps(inner, prompt) if cached else _full_forward_steps(inner, prompt)
     logits = next(step)
     for _ in range(s.max_new_tokens):
         token = pick_token(logits, s, gen)
@@ -82,6 +91,33 @@ def stream_tokens(
         if halt():
             return
         logits = step.send(token)
+
+
+@dataclass(frozen=True)
+class DecodeTiming:
+    """A stream's tokens and its clock: ``first_token_s`` from the call to the first token (the prompt's prefill and
+    one pick), ``gaps_s`` between each later token and the one before (one decode step each)."""
+
+    tokens: list[int]
+    first_token_s: float
+    gaps_s: list[float]
+
+    @property
+    def per_token_s(self) -> float:
+        """Time per output token after the first: the mean decode step (nan with fewer than two tokens)."""
+        return sum(self.gaps_s) / len(self.gaps_s) if self.gaps_s else math.nan
+
+
+def timed_tokens(tokens: Iterable[int], clock: Callable[[], float] = time.perf_counter) -> DecodeTiming:
+    """Consume a token stream (``stream_tokens(...)``, made just before: it computes nothing until asked), timing
+    each token's arrival."""
+    t0 = clock()
+    out, times = [], []
+    for token in tokens:
+        out.append(token)
+        times.append(clock())
+    first = times[0] - t0 if times else math.nan
+    return DecodeTiming(out, first, [b - a for a, b in zip(times, times[1:], strict=False)])
 
 
 def _cached_steps(model: Any, prompt: list[int]) -> Any:
@@ -105,7 +141,9 @@ def _full_forward_steps(model: Any, prompt: list[int]) -> Any:
         seq.append((yield out[0, -1]))
 
 
-def _hf_stream(hf: Any, prompt: list[int], s: Sampling, eos_id: int | None, halt: Callable[[], bool]) -> Iterator[int]:
+def _hf_stream(
+    hf: Any, prompt: list[int], s: Sampling, eos_id: int | None, halt: Callable[[], bool], use_cache: bool = True
+) -> Iterator[int]:
     """transformers' generate in a thread, its new tokens passed over a queue as its streamer receives them."""
     from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList
     from transformers.generation.streamers import BaseStreamer
@@ -134,7 +172,7 @@ def _hf_stream(hf: Any, prompt: list[int], s: Sampling, eos_id: int | None, halt
     config = GenerationConfig(max_new_tokens=s.max_new_tokens, do_sample=not greedy, num_beams=1,
                               temperature=None if greedy else s.temperature, top_p=None if greedy else s.top_p,
                               top_k=None, eos_token_id=eos_id, pad_token_id=eos_id if eos_id is not None else 0,
-                              bos_token_id=None)  # fmt: skip
+                              bos_token_id=None, use_cache=use_cache)  # fmt: skip
     x = torch.tensor([prompt], dtype=torch.int64)
 
     def work() -> None:
