@@ -32,6 +32,19 @@ def small(quickstart):
     )
 
 
+@pytest.fixture
+def allreduce():
+    """The test layout of tests/allreduce_layout.py, registered for one test (then the built-in layouts only)."""
+    import importlib
+
+    import workbench as wb
+    from workbench.config import unregister_layout
+
+    spec = wb.register_layout(importlib.import_module("tests.allreduce_layout").SPEC, replace=True)
+    yield spec
+    unregister_layout(spec.name)
+
+
 def pytest_configure(config):
     """Once per session, in the controlling process (before any xdist worker starts): a cache folder of the
     session's own, so tests never read or write the user's ~/.cache/workbench, and the CPU's fp32 matmul peak

@@ -4,8 +4,6 @@ config panel and trained on 2 real processes, where it follows ddp's loss trajec
 
 from __future__ import annotations
 
-import importlib
-
 import pytest
 
 import workbench as wb
@@ -14,14 +12,6 @@ from workbench.config import STRATEGY_SPECS, DeviceInfo
 
 CPU2 = DeviceInfo("cpu", 2, "cpu")
 STEPS = 8
-
-
-@pytest.fixture
-def allreduce():
-    module = importlib.import_module("tests.allreduce_layout")
-    spec = wb.register_layout(module.SPEC, replace=True)
-    yield spec
-    C.unregister_layout(spec.name)  # other tests in this process see the built-in layouts only
 
 
 def test_a_registered_layout_is_validated_and_planned(allreduce, quickstart):

@@ -10,7 +10,6 @@ import os
 import pytest
 
 import workbench as wb
-import workbench.config as C
 from workbench import cli
 from workbench.config import ConfigError, DeviceInfo
 from workbench.plan.devices import resolve_device
@@ -26,14 +25,6 @@ SIZES = {"model.d_model": 128, "model.n_head": 4, "model.n_layer": 4, "model.seq
 @pytest.fixture
 def cfg0(quickstart):
     return quickstart.override({**SIZES, "name": "s"})
-
-
-@pytest.fixture
-def allreduce():
-    module = importlib.import_module("tests.allreduce_layout")
-    spec = wb.register_layout(module.SPEC, replace=True)
-    yield spec
-    C.unregister_layout(spec.name)  # other tests in this process see the built-in layouts only
 
 
 def differences(a: wb.RunConfig, b: wb.RunConfig) -> list[str]:

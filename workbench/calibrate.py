@@ -16,7 +16,6 @@ each with the threads a run gives it, joined by a gloo process group. Together t
   dtensor_op_s  the extra cost of an elementwise operation on a DTensor over a plain tensor's
   optimizer     clip_grad_norm_ + AdamW per parameter tensor at a nil size, plain and as sharded DTensors
   tp_linear_s   what a Colwise/Rowwise Linear costs over a plain one (forward + backward, nil size)
-  broadcast_burst_s  per call of a burst of asynchronous broadcasts (ZeroRedundancyOptimizer's hand-over)
   collectives   all_reduce, all_gather, reduce_scatter, broadcast and send/recv of 4 bytes (latency) and of
                 4 MiB (bandwidth = bytes / (time - latency))
 
@@ -241,22 +240,6 @@ def tp_linear_cost(world: int, allreduce_latency: float) -> float:
     return max(0.0, (t_tp - t_plain - 2 * allreduce_latency) / 2)
 
 
-def burst_cost() -> float:
-    """Seconds per call of a burst of asynchronous broadcasts of small tensors, waited together (how
-    ZeroRedundancyOptimizer hands every updated parameter to the other ranks)."""
-    import torch
-    import torch.distributed as dist
-
-    xs = [torch.ones(1024) for _ in range(32)]
-
-    def burst() -> None:
-        for w in [dist.broadcast(x, src=0, async_op=True) for x in xs]:
-            w.wait()
-
-    dist.barrier()
-    return _median_s(burst, 10) / len(xs)
-
-
 def collective_cost(world: int, rank: int) -> dict[str, tuple[float, float]]:
     """(latency s, bytes/s) of each collective, timed in lockstep on every rank."""
     import torch
@@ -333,7 +316,6 @@ def measure_rank(rank: int, world: int, port: int, threads: int, dtype_name: str
     facts["elementwise"].update(optimizer_costs(world))
     if world > 1:
         facts["elementwise"]["tp_linear_s"] = tp_linear_cost(world, facts["collectives"]["all_reduce"][0])
-        facts["elementwise"]["broadcast_burst_s"] = burst_cost()
     if rank == 0:
         with open(out, "w") as f:
             json.dump(facts, f)

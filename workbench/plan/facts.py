@@ -37,7 +37,7 @@ class DeviceFacts:
     attention: tuple[tuple[float, float], ...]  # causal attention forward + backward: (FLOPs, FLOP/s)
     # seconds per element, forward + backward: gelu, silu, norm (_s_per_element); seconds per tensor of the
     # optimizer step (adamw_s_per_tensor, adamw_dtensor_s_per_tensor); a tensor-parallel Linear's extra cost
-    # (tp_linear_s); one call of a burst of asynchronous broadcasts (broadcast_burst_s)
+    # (tp_linear_s)
     elementwise: dict[str, float]
     source: str  # how these were obtained, in words
     measured_at: str | None = None  # ISO-8601 UTC; None for a data sheet or the defaults
@@ -165,7 +165,6 @@ DEFAULT_CPU_FACTS = DeviceFacts(
         "adamw_s_per_tensor": 1.25e-4,
         "adamw_dtensor_s_per_tensor": 7.5e-4,
         "tp_linear_s": 1.2e-3,
-        "broadcast_burst_s": 2.6e-4,
     },
     source="default (no measurement of this CPU cached yet: wb.plan or `python -m workbench.calibrate` measures it)",
 )
@@ -188,9 +187,8 @@ GPU_MATMUL_CURVE = ((1e7, 0.05), (1e8, 0.3), (1e9, 0.6), (1e10, 0.85), (1e11, 1.
 NCCL_LATENCY_S = 2e-5  # one NCCL collective's fixed cost within a node
 GPU_OP_S = 5e-6  # a kernel launch through PyTorch's dispatcher, host side
 # Host-side fixed costs (queued while the GPU works): AdamW's foreach step per tensor, a DTensor's per tensor, a
-# tensor-parallel Linear's DTensor dispatch, one asynchronous NCCL broadcast of a burst.
-GPU_HOST_COSTS = {"adamw_s_per_tensor": 2e-5, "adamw_dtensor_s_per_tensor": 2e-4, "tp_linear_s": 3e-4,
-                  "broadcast_burst_s": NCCL_LATENCY_S}  # fmt: skip
+# tensor-parallel Linear's DTensor dispatch.
+GPU_HOST_COSTS = {"adamw_s_per_tensor": 2e-5, "adamw_dtensor_s_per_tensor": 2e-4, "tp_linear_s": 3e-4}  # fmt: skip
 
 
 def gpu_facts(device: str, dtype: str) -> DeviceFacts:

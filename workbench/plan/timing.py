@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from workbench.models.shapes import TransformerShape
+from workbench.plan.compute import stage_layers
 from workbench.plan.facts import DeviceFacts
 from workbench.plan.precision import Precision
 from workbench.plan.result import StepTime
@@ -123,6 +124,13 @@ class Timing:
         host = tensors * (per or self.f.op_s * (OPS_PER_TENSOR_ADAMW + OPS_PER_TENSOR_CLIP))
         return max(work, host) if self.f.asynchronous else work + host
 
+    def ddp_all_reduce(self) -> tuple[float, float]:
+        """DDP's bucketed all-reduce of the fp32 gradient on the synchronising micro-step: its seconds, and the
+        backward it can overlap with (the last micro-step's, two thirds of its forward + backward)."""
+        buckets = max(1, -(-4 * self.s.num_params // DDP_BUCKET_BYTES))
+        seconds = self.comm_s("all_reduce", 4 * self.s.num_params, buckets) if self.W > 1 else 0.0
+        return seconds, 2 / 3 * self.micro_step_s(self.tokens, self.s.n_layer)
+
     def comm_s(self, op: str, nbytes: float, calls: int = 1) -> float:
         return self.f.collective_s(op, nbytes, calls)
 
@@ -149,27 +157,20 @@ class Timing:
 def ddp_time(t: Timing) -> StepTime:
     s, N = t.s, t.s.num_params
     compute = t.k * t.micro_step_s(t.tokens, s.n_layer) + t.ops_s(t.tensors)  # the reducer's hook per parameter
-    buckets = max(1, -(-4 * N // DDP_BUCKET_BYTES))
-    by_op = {"all_reduce": t.comm_s("all_reduce", 4 * N, buckets) if t.W > 1 else 0.0}
-    comm = sum(by_op.values())
-    last_backward = 2 / 3 * t.micro_step_s(t.tokens, s.n_layer)
-    return t.result(compute, t.optimizer_s(N, t.tensors), comm, t.exposed(comm, last_backward), by_op=by_op)
+    all_reduce, hideable = t.ddp_all_reduce()
+    by_op = {"all_reduce": all_reduce}
+    return t.result(compute, t.optimizer_s(N, t.tensors), all_reduce, t.exposed(all_reduce, hideable), by_op=by_op)
 
 
 def zero1_time(t: Timing) -> StepTime:
     s, N, W = t.s, t.s.num_params, t.W
     compute = t.k * t.micro_step_s(t.tokens, s.n_layer) + t.ops_s(t.tensors)
-    buckets = max(1, -(-4 * N // DDP_BUCKET_BYTES))
+    all_reduce, hideable = t.ddp_all_reduce()
     # ZeroRedundancyOptimizer broadcasts each parameter from the rank that owns it
-    by_op = {
-        "all_reduce": t.comm_s("all_reduce", 4 * N, buckets),
-        "broadcast": t.comm_s("broadcast", t.p.param * N, t.tensors),
-    }
-    comm = sum(by_op.values())
-    last_backward = 2 / 3 * t.micro_step_s(t.tokens, s.n_layer)
-    exposed = t.exposed(by_op["all_reduce"], last_backward) + by_op["broadcast"]
+    by_op = {"all_reduce": all_reduce, "broadcast": t.comm_s("broadcast", t.p.param * N, t.tensors)}
+    exposed = t.exposed(all_reduce, hideable) + by_op["broadcast"]
     opt = t.optimizer_s(N // W, t.tensors // W) + t.ops_s(OPS_PER_TENSOR_CLIP * t.tensors)
-    return t.result(compute, opt, comm, exposed, by_op=by_op)
+    return t.result(compute, opt, sum(by_op.values()), exposed, by_op=by_op)
 
 
 def fsdp_time(t: Timing, gathers: int) -> StepTime:
@@ -214,14 +215,12 @@ def tp_time(t: Timing) -> StepTime:
              "all_gather": t.comm_s("all_gather", t.comm_by_op.get("all_gather", 0), k)}  # fmt: skip
     comm = sum(by_op.values())
     # the sharded Linears' parameters are DTensors; the norms and the parts outside the blocks stay plain
-    dtensors = s.n_layer * sum(1 + (1 if s.bias else 0) for _ in styles)
+    dtensors = s.n_layer * len(styles) * (2 if s.bias else 1)  # each sharded Linear's weight and bias
     opt = t.optimizer_s(s.num_params // tp, t.tensors - dtensors) + t.optimizer_s(0, dtensors, dtensor=True)
     return t.result(compute, opt, comm, t.exposed(comm, 0.0), by_op=by_op)
 
 
 def pp_time(t: Timing) -> StepTime:
-    from workbench.plan.compute import stage_layers
-
     s, W, k, par = t.s, t.W, t.k, t.cfg.parallel
     stages = max(1, par.pp_size)
     m = max(1, par.pp_microbatches)
